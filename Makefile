@@ -1,0 +1,51 @@
+# Greenroom: `make run` serves the demo models, `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TRITON_VENV := .venv-tritonclient
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint proto proto-check bench clean tritonclient
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml proto/python/pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ./proto/python -e ./clients/python -e '.[dev]'
+	touch $(STAMP)
+
+# Triton's own client lives in its own virtualenv: it pins protobuf 6 and ships stubs
+# whose symbols clash with ours, so the tests run it as a separate program.
+tritonclient: $(TRITON_VENV)/.installed
+
+$(TRITON_VENV)/.installed: tests/tritonclient-requirements.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q -r tests/tritonclient-requirements.txt
+	touch $@
+
+run: install
+	$(VENV)/bin/greenroom demo
+
+test: install tritonclient
+	GREENROOM_TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy gateway runners clients/python/greenroom_client tests bench
+
+proto: install
+	PYTHON=$(PY) proto/generate.sh
+
+proto-check: install
+	@tmp=$$(mktemp -d); PYTHON=$(PY) proto/generate.sh $$tmp >/dev/null && \
+	if diff -r $$tmp/greenroom_proto proto/python/greenroom_proto; then \
+		echo "generated code is up to date"; rm -rf $$tmp; \
+	else echo "generated code is stale: run 'make proto' and commit" >&2; rm -rf $$tmp; exit 1; fi
+
+bench: install
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) $(TRITON_VENV) .greenroom .bench-tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,191 @@
+"""The ``greenroom`` command: serve a repository, run the demo, and call a running gateway.
+
+    greenroom serve --repo DIR [--host H] [--port P] [--data-dir DIR]
+    greenroom demo [--repo DIR] [--port P]
+    greenroom models [--target HOST:PORT] [--json]
+    greenroom infer MODEL --input NAME=JSON [--version V] [--id ID] [--target HOST:PORT] [--json]
+
+Client commands print a readable summary, or with ``--json`` one JSON document (for
+``infer``, the V2 REST response shape). Errors print ``error: CODE: message`` on stderr
+and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway import logs
+from gateway.settings import GatewaySettings
+from greenroom_client import Client
+from greenroom_client.errors import GreenroomError, InvalidArgument
+from greenroom_client.tensors import DTYPES
+
+DEFAULT_TARGET = "127.0.0.1:8001"
+DEMO_REPO = Path(".greenroom/demo-models")
+
+
+def _serve_args(parser: argparse.ArgumentParser, repo: Path | None) -> None:
+    parser.add_argument("--repo", type=Path, required=repo is None, default=repo)
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--log-format", choices=["json", "console"], default=None)
+
+
+def _settings(args: argparse.Namespace) -> GatewaySettings:
+    given = {
+        key: value
+        for key, value in {
+            "repo": args.repo,
+            "host": args.host,
+            "port": args.port,
+            "data_dir": args.data_dir,
+            "log_format": args.log_format,
+        }.items()
+        if value is not None
+    }
+    return GatewaySettings(**given)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    settings = _settings(args)
+    logs.configure(settings.log_format, settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import ensure_demo_repository
+
+    created = ensure_demo_repository(args.repo)
+    for name in created:
+        print(f"trained demo model {name} into {args.repo}", file=sys.stderr)
+    return cmd_serve(args)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with Client(args.target) as client:
+        rows: list[dict[str, Any]] = []
+        for entry in client.repository_index():
+            row: dict[str, Any] = {
+                "name": entry.name,
+                "version": entry.version,
+                "state": entry.state,
+                "reason": entry.reason,
+            }
+            if entry.state == "READY":
+                meta = client.model_metadata(entry.name, entry.version)
+                row["platform"] = meta.platform
+                row["inputs"] = [spec.as_dict() for spec in meta.inputs]
+                row["outputs"] = [spec.as_dict() for spec in meta.outputs]
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        signature = " ".join(f"{s['name']}:{s['datatype']}{s['shape']}" for s in row.get("inputs", []))
+        print(f"{row['name']:<20} {row['version']:<8} {row['state']:<12} {signature or row['reason']}")
+    return 0
+
+
+def _parse_inputs(pairs: Sequence[str], declared: dict[str, str]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise InvalidArgument(f"--input {pair!r}: expected NAME=JSON")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"--input {name}: not JSON ({exc})") from None
+        datatype = declared.get(name)
+        if datatype == "BYTES":
+            arrays[name] = np.array(value, dtype=object)
+        else:
+            arrays[name] = np.asarray(value, dtype=DTYPES[datatype] if datatype else None)
+    return arrays
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    if array.dtype == object:
+        return [x.decode(errors="replace") if isinstance(x, bytes) else x for x in array.ravel()]
+    return array.ravel().tolist()
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    with Client(args.target) as client:
+        meta = client.model_metadata(args.model, args.version or "")
+        arrays = _parse_inputs(args.input, {spec.name: spec.datatype for spec in meta.inputs})
+        result = client.infer(args.model, arrays, version=args.version, request_id=args.id)
+    datatypes = {spec.name: spec.datatype for spec in meta.outputs}
+    body = {
+        "model_name": result.model,
+        "model_version": result.version,
+        "id": result.id,
+        "outputs": [
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatypes.get(name, ""),
+                "data": _jsonable(array),
+            }
+            for name, array in result.outputs.items()
+        ],
+    }
+    if args.json:
+        print(json.dumps(body))
+        return 0
+    print(f"{result.model} version {result.version} id {result.id}")
+    for output in body["outputs"]:
+        print(f"  {output['name']} {output['datatype']} {output['shape']}: {output['data']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="greenroom", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a model repository")
+    _serve_args(serve, None)
+    serve.set_defaults(func=cmd_serve)
+    demo = sub.add_parser("demo", help="train demo models if needed, then serve them")
+    _serve_args(demo, DEMO_REPO)
+    demo.set_defaults(func=cmd_demo)
+    models = sub.add_parser("models", help="list the models of a running gateway")
+    models.add_argument("--target", default=DEFAULT_TARGET)
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+    infer = sub.add_parser("infer", help="send one inference request")
+    infer.add_argument("model")
+    infer.add_argument("--input", action="append", required=True, metavar="NAME=JSON")
+    infer.add_argument("--version", default=None)
+    infer.add_argument("--id", default=None)
+    infer.add_argument("--target", default=DEFAULT_TARGET)
+    infer.add_argument("--json", action="store_true")
+    infer.set_defaults(func=cmd_infer)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except GreenroomError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

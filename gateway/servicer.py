@@ -1,0 +1,207 @@
+"""The V2 inference service at the gateway's edge: protobuf in, domain call, protobuf out.
+
+ModelInfer and ModelStreamInfer take the request as bytes: the gateway parses it to route
+and validate, then forwards the client's own bytes to the runner (adding only an id when
+the client sent none) and returns the runner's bytes unchanged. Tensors are never
+re-encoded on the way through. Errors are translated to a gRPC status here, once.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError
+
+from gateway import wire
+from gateway.router import Router, check_request, signature_of
+from gateway.settings import GatewaySettings
+from gateway.supervisor import RunnerState
+from greenroom_client.errors import GreenroomError, InternalError, InvalidArgument, InvalidInput
+from greenroom_client.tensors import describe
+from greenroom_proto.inference import grpc_service_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+EXTENSIONS = ["model_repository", "streaming", "health", "reflection"]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one translation from an exception to what the client is told."""
+    if isinstance(exc, GreenroomError):
+        return grpc.StatusCode[exc.code], exc.message
+    log.error("unexpected error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, InternalError().message
+
+
+def edge(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    @functools.wraps(fn)
+    async def wrapper(request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await fn(request, context)
+        except Exception as exc:  # translated below; abort raises its own exception
+            code, message = _status(exc)
+        await context.abort(code, message)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper
+
+
+def _parse(raw: bytes) -> pb.ModelInferRequest:
+    try:
+        return pb.ModelInferRequest.FromString(raw)
+    except DecodeError:
+        raise InvalidArgument("request is not a valid ModelInferRequest") from None
+
+
+def _size_problem(request: pb.ModelInferRequest, size: int, limit: int) -> InvalidInput:
+    def weight(index: int) -> int:
+        if request.raw_input_contents:
+            return len(request.raw_input_contents[index])
+        return request.inputs[index].contents.ByteSize()
+
+    largest = max(range(len(request.inputs)), key=weight, default=None)
+    name = request.inputs[largest].name if largest is not None else "(none)"
+    return InvalidInput(name, f"request is {size} bytes, over the {limit}-byte limit")
+
+
+class InferenceServicer:
+    def __init__(self, router: Router, settings: GatewaySettings) -> None:
+        self.router = router
+        self.settings = settings
+        self.version = importlib.metadata.version("greenroom")
+
+    async def infer_bytes(self, raw: bytes, timeout: float) -> bytes:
+        request = _parse(raw)
+        if len(raw) > self.settings.max_message_bytes:
+            raise _size_problem(request, len(raw), self.settings.max_message_bytes)
+        if not request.model_name:
+            raise InvalidArgument("model_name is empty")
+        structlog.contextvars.bind_contextvars(
+            model=request.model_name, version=request.model_version, request_id=request.id
+        )
+        specs = describe(request.inputs, request.raw_input_contents)
+        runner = self.router.resolve(request.model_name, request.model_version)
+        check_request(runner, specs, [out.name for out in request.outputs])
+        if not request.id:
+            raw = wire.with_string(raw, 3, str(uuid.uuid4()))
+        return await runner.infer(raw, timeout)
+
+    # ---- RPCs -------------------------------------------------------------------------
+
+    @edge
+    async def ModelInfer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        remaining = context.time_remaining()
+        timeout = self.settings.default_deadline_s if remaining is None else remaining
+        return await self.infer_bytes(raw, timeout)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """Triton's form: each request gets one response, or an error message in its place."""
+        async for raw in requests:
+            try:
+                reply = await self.infer_bytes(raw, self.settings.default_deadline_s)
+                yield wire.length_delimited(2, reply)
+            except Exception as exc:
+                _, message = _status(exc)
+                yield wire.length_delimited(1, message.encode()) + _echo(raw)
+
+    @edge
+    async def ServerLive(self, _: pb.ServerLiveRequest, __: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @edge
+    async def ServerReady(self, _: pb.ServerReadyRequest, __: Any) -> pb.ServerReadyResponse:
+        ready = all(r.state == RunnerState.READY for r in self.router.runners.values())
+        return pb.ServerReadyResponse(ready=ready)
+
+    @edge
+    async def ServerMetadata(
+        self, _: pb.ServerMetadataRequest, __: Any
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="greenroom", version=self.version, extensions=EXTENSIONS
+        )
+
+    @edge
+    async def ModelReady(self, request: pb.ModelReadyRequest, _: Any) -> pb.ModelReadyResponse:
+        runner = self.router.resolve(request.name, request.version)
+        return pb.ModelReadyResponse(ready=runner.state == RunnerState.READY)
+
+    @edge
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, _: Any
+    ) -> pb.ModelMetadataResponse:
+        signature = signature_of(self.router.resolve(request.name, request.version))
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=request.name,
+            versions=self.router.versions(request.name),
+            platform=signature.platform,
+            inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in signature.inputs],
+            outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in signature.outputs],
+        )
+
+    @edge
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, _: Any
+    ) -> pb.RepositoryIndexResponse:
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                index(name=name, version=version, state=r.state.value, reason=r.reason)
+                for (name, version), r in self.router.runners.items()
+                if not request.ready or r.state == RunnerState.READY
+            ]
+        )
+
+
+def _echo(raw: bytes) -> bytes:
+    """For a failed stream request: an infer_response naming its model and id, if readable."""
+    try:
+        request = pb.ModelInferRequest.FromString(raw)
+    except DecodeError:
+        return b""
+    reply = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+    return wire.length_delimited(2, reply.SerializeToString())
+
+
+def _unary(fn: Any, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        fn,
+        request_deserializer=request_type.FromString,
+        response_serializer=response_type.SerializeToString,
+    )
+
+
+def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """The service's handlers; ModelInfer and ModelStreamInfer move bytes, not messages."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "ServerLive": _unary(servicer.ServerLive, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": _unary(servicer.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ServerMetadata": _unary(
+                servicer.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse
+            ),
+            "ModelReady": _unary(servicer.ModelReady, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ModelMetadata": _unary(
+                servicer.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse
+            ),
+            "RepositoryIndex": _unary(
+                servicer.RepositoryIndex, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse
+            ),
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(servicer.ModelInfer),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer),
+        },
+    )

@@ -1,0 +1,42 @@
+"""One settings object per gateway process, built once in the CLI and passed down.
+
+Every field may also come from the environment as ``GREENROOM_<FIELD>`` (e.g.
+``GREENROOM_PORT=9000``); command-line flags win. Nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GREENROOM_", extra="forbid")
+
+    repo: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=0, le=65535)
+    data_dir: Path = Path(".greenroom")
+    # Requests above this are refused with INVALID_ARGUMENT naming the largest input; the
+    # transport itself accepts up to transport_limit so that the refusal can be explained.
+    max_message_bytes: int = Field(default=64 * MiB, gt=0)
+    runner_start_timeout_s: float = Field(default=60.0, gt=0)
+    health_interval_s: float = Field(default=1.0, gt=0)
+    restart_backoff_initial_s: float = Field(default=0.2, gt=0)
+    restart_backoff_max_s: float = Field(default=5.0, gt=0)
+    # A runner that has stayed up this long is healthy again: its backoff resets.
+    restart_backoff_reset_s: float = Field(default=30.0, gt=0)
+    # Deadline for one forwarded call when the client set none.
+    default_deadline_s: float = Field(default=30.0, gt=0)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    log_format: Literal["json", "console"] = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def transport_limit(self) -> int:
+        return self.max_message_bytes + 16 * MiB

@@ -1,0 +1,372 @@
+"""Runners: one per (model, version), a supervised local process or an external address.
+
+A local runner is started as ``python -m runners`` on a Unix socket, is READY only once
+its grpc.health.v1 status says SERVING and its metadata has been read, and is restarted
+with exponential backoff when it exits or stops answering health checks. While it is
+not READY, calls fail at once with UNAVAILABLE and the reason: the gateway never waits
+on a dead runner, and one runner's trouble never touches another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.repository import ModelEntry, VersionEntry
+from gateway.settings import GatewaySettings
+from gateway.wire import with_string
+from greenroom_client.errors import (
+    DeadlineExceeded,
+    GreenroomError,
+    InternalError,
+    ResourceExhausted,
+    Unavailable,
+    from_status,
+)
+from greenroom_client.tensors import TensorSpec
+from greenroom_proto.inference import grpc_service_pb2 as pb
+from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
+from runners.config import ModelConfig, TensorDecl
+
+log = structlog.get_logger(__name__)
+
+LISTENING = "GREENROOM_RUNNER_LISTENING"
+MAX_IN_FLIGHT = 1024
+HEALTH_FAILURES_BEFORE_RESTART = 3
+
+
+class RunnerState(enum.StrEnum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class Signature:
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class StartupFailed(Exception):
+    pass
+
+
+def channel_options(settings: GatewaySettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", settings.transport_limit),
+        ("grpc.max_receive_message_length", settings.transport_limit),
+        # Reconnect quickly after a runner restarts on the same address.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+
+
+def _specs(tensors: list[TensorDecl] | None, fallback: list[TensorSpec]) -> list[TensorSpec]:
+    if tensors is None:
+        return fallback
+    return [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors]
+
+
+def _translate(exc: grpc.aio.AioRpcError, where: str, timeout: float) -> GreenroomError:
+    code = exc.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return Unavailable(f"{where}: runner is unavailable ({exc.details()})")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{where}: no answer within {timeout:.3g}s")
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        log.error("runner internal error", where=where, details=exc.details())
+        return InternalError()
+    return from_status(code.name, exc.details() or code.name)
+
+
+class Runner:
+    """One model version's runner and everything the gateway knows about its health."""
+
+    def __init__(
+        self,
+        entry: VersionEntry,
+        config: ModelConfig,
+        settings: GatewaySettings,
+        socket_path: Path,
+    ) -> None:
+        self.entry = entry
+        self.config = config
+        self.settings = settings
+        self.socket_path = socket_path
+        self.where = f"model '{entry.model}' version '{entry.version}'"
+        self.state = RunnerState.LOADING
+        self.reason = "starting"
+        self.signature: Signature | None = None
+        self.restarts = 0
+        self.pid: int | None = None
+        self._settled = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._call: grpc.aio.UnaryUnaryMultiCallable | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._in_flight = 0
+        ext = entry.external
+        self._remote_fields = b""
+        if ext is not None:
+            self._remote_fields = with_string(b"", 1, ext.model or entry.model)
+            self._remote_fields = with_string(self._remote_fields, 2, ext.version or "")
+        self._own_fields = with_string(with_string(b"", 1, entry.model), 2, entry.version)
+        self._log = log.bind(model=entry.model, version=entry.version)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        supervise = self._supervise_external if self.entry.external else self._supervise_local
+        self._task = asyncio.create_task(supervise())
+
+    async def wait_settled(self, timeout: float) -> None:
+        """Until the first start attempt has succeeded or failed (or ``timeout``)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), timeout)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._set(RunnerState.UNAVAILABLE, "gateway is shutting down")
+        await self._terminate(grace=5.0)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close_channel()
+
+    def _set(self, state: RunnerState, reason: str) -> None:
+        if state != self.state or reason != self.reason:
+            self._log.info("runner state", state=state.value, reason=reason)
+        self.state, self.reason = state, reason
+        if state != RunnerState.LOADING:
+            self._settled.set()
+
+    # ---- calls ------------------------------------------------------------------------
+
+    async def infer(self, request: bytes, timeout: float) -> bytes:
+        """Forward a serialized ModelInferRequest; returns the serialized response."""
+        call = self._call
+        if self.state != RunnerState.READY or call is None:
+            raise Unavailable(f"{self.where} is not ready: {self.reason}")
+        if self._in_flight >= MAX_IN_FLIGHT:
+            raise ResourceExhausted(f"{self.where} has {self._in_flight} requests in flight")
+        self._in_flight += 1
+        try:
+            reply: bytes = await call(request + self._remote_fields, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.where, timeout) from None
+        finally:
+            self._in_flight -= 1
+        return reply + self._own_fields if self.entry.external else reply
+
+    # ---- local process ----------------------------------------------------------------
+
+    async def _supervise_local(self) -> None:
+        backoff = self.settings.restart_backoff_initial_s
+        while not self._stopping:
+            began = time.monotonic()
+            try:
+                await self._launch()
+                self._set(RunnerState.READY, "serving")
+                reason = await self._watch()
+            except StartupFailed as exc:
+                reason = str(exc)
+            await self._terminate(grace=0.0)
+            await self._close_channel()
+            if self._stopping:
+                return
+            if time.monotonic() - began > self.settings.restart_backoff_reset_s:
+                backoff = self.settings.restart_backoff_initial_s
+            self.restarts += 1
+            self._set(RunnerState.UNAVAILABLE, f"{reason}; restarting in {backoff:.1f}s")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.restart_backoff_max_s)
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "runners",
+            "--model-dir", str(self.entry.path),
+            "--name", self.entry.model,
+            "--version", self.entry.version,
+            "--address", f"unix:{self.socket_path}",
+            "--threads", str(self.config.runner.threads),
+            "--parent-pid", str(os.getpid()),
+            "--log-format", self.settings.log_format,
+        ]  # fmt: skip
+
+    async def _launch(self) -> None:
+        self._set(RunnerState.LOADING, "starting runner process")
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._proc = proc = await asyncio.create_subprocess_exec(
+            *self._command(), stdout=asyncio.subprocess.PIPE, start_new_session=True
+        )
+        self.pid = proc.pid
+        deadline = time.monotonic() + self.config.runner.startup_timeout_s
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), self.config.runner.startup_timeout_s)
+        except TimeoutError:
+            raise StartupFailed("runner did not bind its socket in time") from None
+        if not line.startswith(LISTENING.encode()):
+            code = await proc.wait()
+            raise StartupFailed(f"runner exited with code {code} while starting")
+        asyncio.create_task(self._drain(proc.stdout))
+        address = line.decode().split(maxsplit=1)[1].strip()
+        self._open_channel(address)
+        await self._wait_serving(proc, deadline)
+        self.signature = await self._read_signature(self.entry.model, self.entry.version)
+
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self._log.info("runner stdout", line=line.decode(errors="replace").rstrip())
+
+    async def _wait_serving(self, proc: asyncio.subprocess.Process, deadline: float) -> None:
+        assert self._channel is not None
+        health = health_pb2_grpc.HealthStub(self._channel)
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise StartupFailed(f"runner exited with code {proc.returncode} while loading")
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(0.05)
+        raise StartupFailed("runner did not load its model in time")
+
+    async def _watch(self) -> str:
+        """Returns why the runner stopped being usable (it exited or stopped answering)."""
+        proc = self._proc
+        assert proc is not None and self._channel is not None
+        health = health_pb2_grpc.HealthStub(self._channel)
+        exited = asyncio.create_task(proc.wait())
+        failures = 0
+        try:
+            while True:
+                done, _ = await asyncio.wait({exited}, timeout=self.settings.health_interval_s)
+                if done:
+                    code = exited.result()
+                    self._set(RunnerState.UNAVAILABLE, f"runner exited with code {code}")
+                    return f"runner exited with code {code}"
+                try:
+                    await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
+                    failures = 0
+                except grpc.aio.AioRpcError as exc:
+                    failures += 1
+                    if failures >= HEALTH_FAILURES_BEFORE_RESTART:
+                        self._set(RunnerState.UNAVAILABLE, "runner stopped answering health checks")
+                        return f"runner failed {failures} health checks ({exc.code().name})"
+        finally:
+            exited.cancel()
+
+    async def _terminate(self, grace: float) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        try:
+            await asyncio.wait_for(proc.wait(), grace or 5.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    # ---- external address ---------------------------------------------------------------
+
+    async def _supervise_external(self) -> None:
+        ext = self.entry.external
+        assert ext is not None
+        self._open_channel(ext.address)
+        assert self._channel is not None
+        stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        name, version = ext.model or self.entry.model, ext.version or ""
+        while not self._stopping:
+            try:
+                reply = await stub.ModelReady(pb.ModelReadyRequest(name=name, version=version), timeout=2.0)
+                if reply.ready and self.signature is None:
+                    self.signature = await self._read_signature(name, version)
+                if reply.ready:
+                    self._set(RunnerState.READY, f"external runner at {ext.address}")
+                else:
+                    self._set(RunnerState.UNAVAILABLE, f"external runner at {ext.address} says not ready")
+            except grpc.aio.AioRpcError as exc:
+                self._set(
+                    RunnerState.UNAVAILABLE,
+                    f"external runner at {ext.address} unreachable ({exc.code().name})",
+                )
+            except StartupFailed as exc:
+                self._set(RunnerState.UNAVAILABLE, f"external runner at {ext.address}: {exc}")
+            await asyncio.sleep(self.settings.health_interval_s)
+
+    # ---- shared ---------------------------------------------------------------------------
+
+    def _open_channel(self, address: str) -> None:
+        self._channel = grpc.aio.insecure_channel(address, options=channel_options(self.settings))
+        self._call = self._channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+    async def _close_channel(self) -> None:
+        channel, self._channel, self._call = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+
+    async def _read_signature(self, name: str, version: str) -> Signature:
+        assert self._channel is not None
+        stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        try:
+            meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version), timeout=5.0)
+        except grpc.aio.AioRpcError as exc:
+            raise StartupFailed(f"runner metadata call failed ({exc.code().name})") from None
+        inputs = [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in meta.inputs]
+        outputs = [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in meta.outputs]
+        return Signature(
+            meta.platform,
+            _specs(self.config.inputs, inputs),
+            _specs(self.config.outputs, outputs),
+        )
+
+
+class Fleet:
+    """Every runner of a repository: started together, stopped together."""
+
+    def __init__(self, runners: dict[tuple[str, str], Runner], socket_dir: Path) -> None:
+        self.runners = runners
+        self.socket_dir = socket_dir
+
+    @classmethod
+    def for_models(
+        cls, models: dict[str, ModelEntry], settings: GatewaySettings
+    ) -> Fleet:
+        # Unix socket paths must stay under ~100 bytes: a short private dir, numbered files.
+        socket_dir = Path(tempfile.mkdtemp(prefix="greenroom-"))
+        runners: dict[tuple[str, str], Runner] = {}
+        for model in models.values():
+            for entry in model.versions.values():
+                path = socket_dir / f"r{len(runners)}.sock"
+                runners[(model.name, entry.version)] = Runner(entry, model.config, settings, path)
+        return cls(runners, socket_dir)
+
+    async def start(self, timeout: float) -> None:
+        for runner in self.runners.values():
+            runner.start()
+        await asyncio.gather(*(r.wait_settled(timeout) for r in self.runners.values()))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(r.stop() for r in self.runners.values()))
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
