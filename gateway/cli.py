@@ -38,6 +38,7 @@ def _serve_args(parser: argparse.ArgumentParser, repo: Path | None) -> None:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--log-format", choices=["json", "console"], default=None)
+    parser.add_argument("--max-message-bytes", type=int, default=None)
 
 
 def _settings(args: argparse.Namespace) -> GatewaySettings:
@@ -49,6 +50,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
             "port": args.port,
             "data_dir": args.data_dir,
             "log_format": args.log_format,
+            "max_message_bytes": args.max_message_bytes,
         }.items()
         if value is not None
     }

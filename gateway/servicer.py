@@ -30,9 +30,10 @@ log = structlog.get_logger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 EXTENSIONS = ["model_repository", "streaming", "health", "reflection"]
+S = TypeVar("S")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+Handler = Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
 def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -43,11 +44,13 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, InternalError().message
 
 
-def edge(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+def edge(fn: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
+    """Wraps an RPC method: any exception leaves as a status, translated by ``_status``."""
+
     @functools.wraps(fn)
-    async def wrapper(request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
-            return await fn(request, context)
+            return await fn(self, request, context)
         except Exception as exc:  # translated below; abort raises its own exception
             code, message = _status(exc)
         await context.abort(code, message)

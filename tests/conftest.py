@@ -1,0 +1,108 @@
+"""Fixtures: a model repository trained into a temp folder, and real gateway processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
+from tests.models import build_repository
+
+GREENROOM = [sys.executable, "-m", "gateway.cli"]
+
+
+class GatewayProcess:
+    """``greenroom serve`` on port 0, started and stopped as a user would."""
+
+    def __init__(self, repo: Path, data_dir: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [*GREENROOM, "serve", "--repo", str(repo), "--port", "0", "--data-dir", str(data_dir), *extra],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.target = self._wait_listening(timeout=120)
+        self.pid = self.proc.pid
+
+    def _wait_listening(self, timeout: float) -> str:
+        found: list[str] = []
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                if line.startswith("GREENROOM_GATEWAY_LISTENING") and not found:
+                    found.append(line.split()[1])
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not found:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode} before listening")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError("gateway did not start in time")
+            time.sleep(0.05)
+        return found[0]
+
+    def runner_pids(self) -> dict[str, int]:
+        """Runner processes by ``name/version``, read from their command lines."""
+        pids = {}
+        for child in psutil.Process(self.pid).children(recursive=True):
+            try:
+                cmd = child.cmdline()
+            except psutil.NoSuchProcess:
+                continue
+            if "runners" in cmd and "--name" in cmd:
+                name = cmd[cmd.index("--name") + 1]
+                version = cmd[cmd.index("--version") + 1]
+                pids[f"{name}/{version}"] = child.pid
+        return pids
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models")
+    build_repository(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gateway(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(repo, tmp_path_factory.mktemp("data"))
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def stub(gateway: GatewayProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(gateway.target) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

@@ -1,0 +1,143 @@
+"""Runner crashes, gateway shutdown and orphan processes, with real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+
+from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
+from tests.conftest import GatewayProcess, pid_alive
+from tests.models import churn_data, iris
+from tests.test_gateway import outputs, request
+
+
+def wait_until(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class Load:
+    """Threads that call one model in a loop and record (start, seconds, status) per call."""
+
+    def __init__(self, stub: pb_grpc.GRPCInferenceServiceStub, model: str, rows: np.ndarray) -> None:
+        self.stub, self.model, self.rows = stub, model, rows
+        self.calls: list[tuple[float, float, grpc.StatusCode]] = []
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._loop) for _ in range(2)]
+        for thread in self.threads:
+            thread.start()
+
+    def _loop(self) -> None:
+        message = request(self.model, {"input": self.rows})
+        while not self.stopped.is_set():
+            began = time.monotonic()
+            try:
+                self.stub.ModelInfer(message, timeout=5)
+                status = grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                status = error.code()
+            self.calls.append((began, time.monotonic() - began, status))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def test_runner_killed_under_load(repo: Path, tmp_path: Path) -> None:
+    gateway = GatewayProcess(repo, tmp_path)
+    try:
+        with grpc.insecure_channel(gateway.target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            victim = gateway.runner_pids()["iris/1"]
+            iris_load = Load(stub, "iris", iris()[0][:3])
+            churn_load = Load(stub, "churn", churn_data()[0][:3])
+            time.sleep(1.0)
+            killed_at = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            back = wait_until(
+                lambda: any(b > killed_at and s == grpc.StatusCode.OK for b, _, s in iris_load.calls[-5:])
+                and gateway.runner_pids().get("iris/1") not in (None, victim),
+                timeout=10,
+            )
+            recovered_after = time.monotonic() - killed_at
+            time.sleep(0.5)
+            iris_load.stop()
+            churn_load.stop()
+        after_kill = [(b, d, s) for b, d, s in iris_load.calls if b >= killed_at]
+        failures = [(d, s) for _, d, s in after_kill if s != grpc.StatusCode.OK]
+        assert back, f"iris did not come back within 10 s ({len(failures)} failures)"
+        assert failures, "the kill was not observed by any call"
+        assert {s for _, s in failures} == {grpc.StatusCode.UNAVAILABLE}
+        assert max(d for d, _ in failures) < 1.0, "a call to the dead runner hung"
+        assert recovered_after < 10
+        # The other model never noticed.
+        assert churn_load.calls and {s for _, _, s in churn_load.calls} == {grpc.StatusCode.OK}
+    finally:
+        gateway.stop()
+
+
+def test_unavailable_message_says_why(repo: Path, tmp_path: Path) -> None:
+    gateway = GatewayProcess(repo, tmp_path)
+    try:
+        with grpc.insecure_channel(gateway.target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            os.kill(gateway.runner_pids()["iris/1"], signal.SIGKILL)
+            time.sleep(0.1)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request("iris", {"input": iris()[0][:1]}), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "model 'iris' version '1'" in info.value.details()
+            assert "runner exited with code -9" in info.value.details()
+    finally:
+        gateway.stop()
+
+
+def test_sigterm_finishes_in_flight_and_leaves_no_process(repo: Path, tmp_path: Path) -> None:
+    gateway = GatewayProcess(repo, tmp_path)
+    runners = list(gateway.runner_pids().values())
+    assert len(runners) == 6
+    results: list[object] = []
+
+    def slow_call(i: int) -> None:
+        with grpc.insecure_channel(gateway.target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            seconds = np.array([0.6], dtype=np.float64)
+            try:
+                reply = stub.ModelInfer(request("slow", {"seconds": seconds}, id=f"t{i}"), timeout=20)
+                results.append((reply.id, outputs(reply)["slept"].tolist()))
+            except grpc.RpcError as error:
+                results.append(error.code())
+
+    threads = [threading.Thread(target=slow_call, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    code = gateway.stop()
+    for thread in threads:
+        thread.join()
+    assert code == 0
+    assert sorted(results) == [(f"t{i}", [0.6]) for i in range(3)]  # type: ignore[type-var]
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in runners), timeout=5)
+
+
+def test_gateway_killed_outright_takes_its_runners_along(repo: Path, tmp_path: Path) -> None:
+    gateway = GatewayProcess(repo, tmp_path)
+    runners = list(gateway.runner_pids().values())
+    gateway.proc.kill()
+    gateway.proc.wait()
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in runners), timeout=5), [
+        psutil.Process(pid).cmdline() for pid in runners if pid_alive(pid)
+    ]
