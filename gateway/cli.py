@@ -95,8 +95,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        signature = " ".join(f"{s['name']}:{s['datatype']}{s['shape']}" for s in row.get("inputs", []))
-        print(f"{row['name']:<20} {row['version']:<8} {row['state']:<12} {signature or row['reason']}")
+        signature = " ".join(
+            f"{s['name']}:{s['datatype']}{s['shape']}" for s in row.get("inputs", [])
+        )
+        print(
+            f"{row['name']:<20} {row['version']:<8} {row['state']:<12} {signature or row['reason']}"
+        )
     return 0
 
 
@@ -130,7 +134,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         arrays = _parse_inputs(args.input, {spec.name: spec.datatype for spec in meta.inputs})
         result = client.infer(args.model, arrays, version=args.version, request_id=args.id)
     datatypes = {spec.name: spec.datatype for spec in meta.outputs}
-    body = {
+    body: dict[str, Any] = {
         "model_name": result.model,
         "model_version": result.version,
         "id": result.id,

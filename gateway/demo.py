@@ -162,7 +162,7 @@ def _iris() -> _DemoModel:
     return _DemoModel([_Version("1", "model.joblib", _joblib_saver(pipeline), provenance)])
 
 
-def _onnx_bytes(pipeline: Pipeline, n_features: int, n_classes: int) -> bytes:
+def onnx_bytes(pipeline: Pipeline, n_features: int, n_classes: int) -> bytes:
     """Export with the joblib runner's tensor names (``input`` -> ``label``,
     ``probabilities``) so that clients see one signature whichever runner serves iris.
     zipmap off: probabilities as a plain tensor, not a list of dicts."""
@@ -189,7 +189,7 @@ def _iris_onnx() -> _DemoModel:
     import skl2onnx  # noqa: PLC0415
 
     pipeline, accuracy = _iris_pipeline()
-    payload = _onnx_bytes(pipeline, n_features=4, n_classes=3)
+    payload = onnx_bytes(pipeline, n_features=4, n_classes=3)
     provenance = _provenance("iris-onnx", "1", pipeline, _IRIS_DATA, {"train_accuracy": accuracy})
     provenance["export"] = {
         "converter": f"skl2onnx {skl2onnx.__version__}",

@@ -84,7 +84,9 @@ def load_model(directory: Path) -> ModelEntry:
     config = load_model_config(directory)
     entries = [
         entry
-        for sub in sorted((p for p in directory.iterdir() if p.is_dir()), key=lambda p: version_key(p.name))
+        for sub in sorted(
+            (p for p in directory.iterdir() if p.is_dir()), key=lambda p: version_key(p.name)
+        )
         if not sub.name.startswith(".")
         if (entry := _version_entry(directory.name, sub)) is not None
     ]

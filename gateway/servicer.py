@@ -151,8 +151,12 @@ class InferenceServicer:
             name=request.name,
             versions=self.router.versions(request.name),
             platform=signature.platform,
-            inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in signature.inputs],
-            outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in signature.outputs],
+            inputs=[
+                tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in signature.inputs
+            ],
+            outputs=[
+                tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in signature.outputs
+            ],
         )
 
     @edge
@@ -193,7 +197,9 @@ def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         SERVICE,
         {
             "ServerLive": _unary(servicer.ServerLive, pb.ServerLiveRequest, pb.ServerLiveResponse),
-            "ServerReady": _unary(servicer.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ServerReady": _unary(
+                servicer.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse
+            ),
             "ServerMetadata": _unary(
                 servicer.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse
             ),

@@ -115,12 +115,13 @@ class Runner:
         self.restarts = 0
         self.pid: int | None = None
         self._settled = asyncio.Event()
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._call: grpc.aio.UnaryUnaryMultiCallable | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._in_flight = 0
+        self._drainer: asyncio.Task[None] | None = None
         ext = entry.external
         self._remote_fields = b""
         if ext is not None:
@@ -141,7 +142,7 @@ class Runner:
             await asyncio.wait_for(self._settled.wait(), timeout)
 
     async def stop(self) -> None:
-        self._stopping = True
+        self._stopping.set()
         self._set(RunnerState.UNAVAILABLE, "gateway is shutting down")
         await self._terminate(grace=5.0)
         if self._task is not None:
@@ -179,7 +180,7 @@ class Runner:
 
     async def _supervise_local(self) -> None:
         backoff = self.settings.restart_backoff_initial_s
-        while not self._stopping:
+        while not self._stopping.is_set():
             began = time.monotonic()
             try:
                 await self._launch()
@@ -189,7 +190,7 @@ class Runner:
                 reason = str(exc)
             await self._terminate(grace=0.0)
             await self._close_channel()
-            if self._stopping:
+            if self._stopping.is_set():
                 return
             if time.monotonic() - began > self.settings.restart_backoff_reset_s:
                 backoff = self.settings.restart_backoff_initial_s
@@ -221,13 +222,15 @@ class Runner:
         deadline = time.monotonic() + self.config.runner.startup_timeout_s
         assert proc.stdout is not None
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), self.config.runner.startup_timeout_s)
+            line = await asyncio.wait_for(
+                proc.stdout.readline(), self.config.runner.startup_timeout_s
+            )
         except TimeoutError:
             raise StartupFailed("runner did not bind its socket in time") from None
         if not line.startswith(LISTENING.encode()):
             code = await proc.wait()
             raise StartupFailed(f"runner exited with code {code} while starting")
-        asyncio.create_task(self._drain(proc.stdout))
+        self._drainer = asyncio.create_task(self._drain(proc.stdout))
         address = line.decode().split(maxsplit=1)[1].strip()
         self._open_channel(address)
         await self._wait_serving(proc, deadline)
@@ -297,15 +300,19 @@ class Runner:
         assert self._channel is not None
         stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         name, version = ext.model or self.entry.model, ext.version or ""
-        while not self._stopping:
+        while not self._stopping.is_set():
             try:
-                reply = await stub.ModelReady(pb.ModelReadyRequest(name=name, version=version), timeout=2.0)
+                reply = await stub.ModelReady(
+                    pb.ModelReadyRequest(name=name, version=version), timeout=2.0
+                )
                 if reply.ready and self.signature is None:
                     self.signature = await self._read_signature(name, version)
                 if reply.ready:
                     self._set(RunnerState.READY, f"external runner at {ext.address}")
                 else:
-                    self._set(RunnerState.UNAVAILABLE, f"external runner at {ext.address} says not ready")
+                    self._set(
+                        RunnerState.UNAVAILABLE, f"external runner at {ext.address} says not ready"
+                    )
             except grpc.aio.AioRpcError as exc:
                 self._set(
                     RunnerState.UNAVAILABLE,
@@ -330,7 +337,9 @@ class Runner:
         assert self._channel is not None
         stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         try:
-            meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version), timeout=5.0)
+            meta = await stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=name, version=version), timeout=5.0
+            )
         except grpc.aio.AioRpcError as exc:
             raise StartupFailed(f"runner metadata call failed ({exc.code().name})") from None
         inputs = [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in meta.inputs]
@@ -350,9 +359,7 @@ class Fleet:
         self.socket_dir = socket_dir
 
     @classmethod
-    def for_models(
-        cls, models: dict[str, ModelEntry], settings: GatewaySettings
-    ) -> Fleet:
+    def for_models(cls, models: dict[str, ModelEntry], settings: GatewaySettings) -> Fleet:
         # Unix socket paths must stay under ~100 bytes: a short private dir, numbered files.
         socket_dir = Path(tempfile.mkdtemp(prefix="greenroom-"))
         runners: dict[tuple[str, str], Runner] = {}

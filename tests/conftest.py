@@ -26,7 +26,17 @@ class GatewayProcess:
 
     def __init__(self, repo: Path, data_dir: Path, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [*GREENROOM, "serve", "--repo", str(repo), "--port", "0", "--data-dir", str(data_dir), *extra],
+            [
+                *GREENROOM,
+                "serve",
+                "--repo",
+                str(repo),
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                *extra,
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )

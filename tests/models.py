@@ -10,8 +10,10 @@ import numpy as np
 from sklearn.datasets import load_iris, make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from gateway.demo import onnx_bytes
 
 TEXT_MODEL = '''
 import time
@@ -68,22 +70,9 @@ def _write(path: Path, text: str) -> None:
     path.write_text(textwrap.dedent(text))
 
 
-def export_onnx(estimator: object, n_features: int, path: Path) -> None:
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
-
-    onx = to_onnx(
-        estimator,
-        initial_types=[("input", FloatTensorType([None, n_features]))],
-        options={id(estimator): {"zipmap": False}},
-        final_types=[
-            ("label", Int64TensorType([None])),
-            ("probabilities", FloatTensorType([None, 3])),
-        ],
-        target_opset=17,
-    )
+def export_onnx(pipeline: Pipeline, n_features: int, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(onx.SerializeToString())
+    path.write_bytes(onnx_bytes(pipeline, n_features, n_classes=3))
 
 
 def build_repository(repo: Path) -> None:
@@ -92,7 +81,7 @@ def build_repository(repo: Path) -> None:
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
     (repo / "iris" / "1").mkdir(parents=True)
     joblib.dump(clf, repo / "iris" / "1" / "model.joblib")
-    onnx_clf = LogisticRegression(max_iter=500).fit(x, y)
+    onnx_clf = make_pipeline(LogisticRegression(max_iter=500)).fit(x, y)
     export_onnx(onnx_clf, 4, repo / "iris-onnx" / "1" / "model.onnx")
 
     cx, cy = churn_data()

@@ -4,6 +4,7 @@ before any runner sees them; malformed bytes never crash or wedge the gateway.""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -45,43 +46,102 @@ def extra_input() -> pb.ModelInferRequest:
 CASES = [
     # (case, request, status, words the message must contain)
     ("unknown model", request("nope", {"input": ROW}), "NOT_FOUND", ["model 'nope'"]),
-    ("unknown version", request("iris", {"input": ROW}, model_version="9"), "NOT_FOUND",
-     ["model 'iris' has no version '9'", "versions: 1"]),
-    ("missing input", pb.ModelInferRequest(model_name="iris"), "INVALID_ARGUMENT",
-     ["input 'input'", "missing"]),
-    ("misnamed input", request("iris", {"features": ROW}), "INVALID_ARGUMENT",
-     ["input 'features'", "not an input"]),
+    (
+        "unknown version",
+        request("iris", {"input": ROW}, model_version="9"),
+        "NOT_FOUND",
+        ["model 'iris' has no version '9'", "versions: 1"],
+    ),
+    (
+        "missing input",
+        pb.ModelInferRequest(model_name="iris"),
+        "INVALID_ARGUMENT",
+        ["input 'input'", "missing"],
+    ),
+    (
+        "misnamed input",
+        request("iris", {"features": ROW}),
+        "INVALID_ARGUMENT",
+        ["input 'features'", "not an input"],
+    ),
     ("extra input", extra_input(), "INVALID_ARGUMENT", ["input 'bonus'", "not an input"]),
-    ("wrong datatype", request("iris", {"input": ROW.astype(np.float64)}), "INVALID_ARGUMENT",
-     ["input 'input'", "FP64", "FP32"]),
-    ("shape contradicts metadata", request("iris", {"input": np.zeros((2, 3), np.float32)}),
-     "INVALID_ARGUMENT", ["input 'input'", "[2, 3]", "[-1, 4]"]),
-    ("rank contradicts metadata", request("iris", {"input": np.zeros(4, np.float32)}),
-     "INVALID_ARGUMENT", ["input 'input'", "[4]"]),
-    ("raw size mismatch", raw_request([1, 4], b"\0" * 15), "INVALID_ARGUMENT",
-     ["input 'input'", "15 bytes", "needs 16"]),
-    ("typed count mismatch", pb.ModelInferRequest(
-        model_name="iris",
-        inputs=[pb.ModelInferRequest.InferInputTensor(
-            name="input", datatype="FP32", shape=[1, 4],
-            contents=pb.InferTensorContents(fp32_contents=[1.0, 2.0]))]),
-     "INVALID_ARGUMENT", ["input 'input'", "needs 4 values", "got 2"]),
+    (
+        "wrong datatype",
+        request("iris", {"input": ROW.astype(np.float64)}),
+        "INVALID_ARGUMENT",
+        ["input 'input'", "FP64", "FP32"],
+    ),
+    (
+        "shape contradicts metadata",
+        request("iris", {"input": np.zeros((2, 3), np.float32)}),
+        "INVALID_ARGUMENT",
+        ["input 'input'", "[2, 3]", "[-1, 4]"],
+    ),
+    (
+        "rank contradicts metadata",
+        request("iris", {"input": np.zeros(4, np.float32)}),
+        "INVALID_ARGUMENT",
+        ["input 'input'", "[4]"],
+    ),
+    (
+        "raw size mismatch",
+        raw_request([1, 4], b"\0" * 15),
+        "INVALID_ARGUMENT",
+        ["input 'input'", "15 bytes", "needs 16"],
+    ),
+    (
+        "typed count mismatch",
+        pb.ModelInferRequest(
+            model_name="iris",
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name="input",
+                    datatype="FP32",
+                    shape=[1, 4],
+                    contents=pb.InferTensorContents(fp32_contents=[1.0, 2.0]),
+                )
+            ],
+        ),
+        "INVALID_ARGUMENT",
+        ["input 'input'", "needs 4 values", "got 2"],
+    ),
     ("typed and raw both set", both_set(), "INVALID_ARGUMENT", ["input 'input'", "raw"]),
-    ("unknown datatype", raw_request([1, 4], b"\0" * 16, "FP128"), "INVALID_ARGUMENT",
-     ["input 'input'", "unknown datatype 'FP128'"]),
-    ("negative dimension", raw_request([-1, 4], b""), "INVALID_ARGUMENT",
-     ["input 'input'", "negative"]),
-    ("raw count mismatch", request("iris", {"input": ROW}).__class__(
-        model_name="iris", inputs=[pb.ModelInferRequest.InferInputTensor(
-            name="input", datatype="FP32", shape=[1, 4])],
-        raw_input_contents=[b"\0" * 16, b"\0" * 16]),
-     "INVALID_ARGUMENT", ["2 entries for 1 tensors"]),
+    (
+        "unknown datatype",
+        raw_request([1, 4], b"\0" * 16, "FP128"),
+        "INVALID_ARGUMENT",
+        ["input 'input'", "unknown datatype 'FP128'"],
+    ),
+    (
+        "negative dimension",
+        raw_request([-1, 4], b""),
+        "INVALID_ARGUMENT",
+        ["input 'input'", "negative"],
+    ),
+    (
+        "raw count mismatch",
+        request("iris", {"input": ROW}).__class__(
+            model_name="iris",
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 4])
+            ],
+            raw_input_contents=[b"\0" * 16, b"\0" * 16],
+        ),
+        "INVALID_ARGUMENT",
+        ["2 entries for 1 tensors"],
+    ),
     ("empty model name", request("", {"input": ROW}), "INVALID_ARGUMENT", ["model_name is empty"]),
-    ("unknown output", pb.ModelInferRequest(
-        model_name="iris", inputs=request("iris", {"input": ROW}).inputs,
-        raw_input_contents=request("iris", {"input": ROW}).raw_input_contents,
-        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="logits")]),
-     "INVALID_ARGUMENT", ["output 'logits'", "label"]),
+    (
+        "unknown output",
+        pb.ModelInferRequest(
+            model_name="iris",
+            inputs=request("iris", {"input": ROW}).inputs,
+            raw_input_contents=request("iris", {"input": ROW}).raw_input_contents,
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="logits")],
+        ),
+        "INVALID_ARGUMENT",
+        ["output 'logits'", "label"],
+    ),
 ]
 
 
@@ -99,10 +159,13 @@ def test_bad_input(
         assert word in error.details(), (case, error.details())
 
 
-def test_message_over_the_size_limit(repo: object, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_message_over_the_size_limit(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     limit = 1 << 16
     gateway = GatewayProcess(
-        repo, tmp_path_factory.mktemp("data"), "--max-message-bytes", str(limit)  # type: ignore[arg-type]
+        repo,
+        tmp_path_factory.mktemp("data"),
+        "--max-message-bytes",
+        str(limit),
     )
     try:
         with grpc.insecure_channel(gateway.target) as channel:
@@ -110,7 +173,10 @@ def test_message_over_the_size_limit(repo: object, tmp_path_factory: pytest.Temp
             big = np.zeros(((limit // 16) + 10, 4), dtype=np.float32)
             error = fails(stub, request("iris", {"input": big}))
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "input 'input'" in error.details() and f"over the {limit}-byte limit" in error.details()
+            assert (
+                "input 'input'" in error.details()
+                and f"over the {limit}-byte limit" in error.details()
+            )
             assert stub.ModelInfer(request("iris", {"input": ROW})).outputs
     finally:
         gateway.stop()
@@ -147,7 +213,9 @@ def raw_call(gateway: GatewayProcess) -> Iterator[grpc.UnaryUnaryMultiCallable]:
         yield channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(message=requests_st, junk=st.binary(max_size=64))
 def test_malformed_requests_never_crash_or_wedge(
     stub: pb_grpc.GRPCInferenceServiceStub,

@@ -47,8 +47,19 @@ STARTUP_TIMEOUT_S = 60.0
 def runner_process(model_dir: Path, name: str, version: str) -> Iterator[str]:
     """Start ``python -m runners`` on port 0 and yield the address it prints."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runners", "--model-dir", str(model_dir), "--name", name,
-         "--version", version, "--address", "127.0.0.1:0"],
+        [
+            sys.executable,
+            "-m",
+            "runners",
+            "--model-dir",
+            str(model_dir),
+            "--name",
+            name,
+            "--version",
+            version,
+            "--address",
+            "127.0.0.1:0",
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -85,7 +96,7 @@ def _await_listening(lines: queue.Queue[str | None], seen: list[str]) -> str:
             pytest.fail(f"runner exited before listening; output: {''.join(seen)}")
         seen.append(line)
         if line.startswith(LISTENING):
-            return line[len(LISTENING):].strip()
+            return line[len(LISTENING) :].strip()
 
 
 def _await_ready(address: str) -> None:

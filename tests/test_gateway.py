@@ -21,8 +21,14 @@ from tests.conftest import GatewayProcess
 from tests.models import churn_data, iris
 
 
-def request(model: str, arrays: dict[str, np.ndarray], raw: bool = True, **fields: str) -> pb.ModelInferRequest:
-    message = pb.ModelInferRequest(model_name=model, **fields)
+def request(
+    model: str,
+    arrays: dict[str, np.ndarray],
+    raw: bool = True,
+    model_version: str = "",
+    id: str = "",
+) -> pb.ModelInferRequest:
+    message = pb.ModelInferRequest(model_name=model, model_version=model_version, id=id)
     tensors.encode(message.inputs, message.raw_input_contents, arrays, raw=raw)
     return message
 
@@ -51,7 +57,9 @@ def test_onnx_answers_equal_onnxruntime(stub: pb_grpc.GRPCInferenceServiceStub, 
     np.testing.assert_array_equal(out["probabilities"], proba)
 
 
-def test_typed_request_gets_typed_answer_equal_to_raw(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+def test_typed_request_gets_typed_answer_equal_to_raw(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
     x, _ = iris()
     raw_reply = stub.ModelInfer(request("iris", {"input": x[:7]}))
     typed_reply = stub.ModelInfer(request("iris", {"input": x[:7]}, raw=False))
@@ -116,7 +124,9 @@ def test_metadata_ready_and_index(stub: pb_grpc.GRPCInferenceServiceStub) -> Non
     assert stub.ServerReady(pb.ServerReadyRequest()).ready
     meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="churn"))
     assert list(meta.versions) == ["1", "2"]
-    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("input", "FP32", [-1, 8])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
+        ("input", "FP32", [-1, 8])
+    ]
     assert {t.name: t.datatype for t in meta.outputs} == {"label": "INT64", "probabilities": "FP64"}
     onnx_meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="iris-onnx", version="1"))
     assert [(t.name, list(t.shape)) for t in onnx_meta.inputs] == [("input", [-1, 4])]
@@ -144,7 +154,9 @@ def test_health_and_reflection(gateway: GatewayProcess) -> None:
             reply = health.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(channel)
-        answers = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        answers = refl.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         names = {s.name for a in answers for s in a.list_services_response.service}
         assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
 
@@ -161,7 +173,12 @@ def test_200_concurrent_requests_across_two_models(
     def call(i: int) -> tuple[int, pb.ModelInferResponse, np.ndarray, object]:
         if i % 2:
             rows = ix[rng.integers(0, len(ix), size=1 + i % 5)]
-            return i, stub.ModelInfer(request("iris", {"input": rows}, id=f"r{i}")), rows, iris_model
+            return (
+                i,
+                stub.ModelInfer(request("iris", {"input": rows}, id=f"r{i}")),
+                rows,
+                iris_model,
+            )
         rows = cx[rng.integers(0, len(cx), size=1 + i % 7)]
         return i, stub.ModelInfer(request("churn", {"input": rows}, id=f"r{i}")), rows, churn_model
 

@@ -31,7 +31,9 @@ def wait_until(predicate: object, timeout: float) -> bool:
 class Load:
     """Threads that call one model in a loop and record (start, seconds, status) per call."""
 
-    def __init__(self, stub: pb_grpc.GRPCInferenceServiceStub, model: str, rows: np.ndarray) -> None:
+    def __init__(
+        self, stub: pb_grpc.GRPCInferenceServiceStub, model: str, rows: np.ndarray
+    ) -> None:
         self.stub, self.model, self.rows = stub, model, rows
         self.calls: list[tuple[float, float, grpc.StatusCode]] = []
         self.stopped = threading.Event()
@@ -68,8 +70,13 @@ def test_runner_killed_under_load(repo: Path, tmp_path: Path) -> None:
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
             back = wait_until(
-                lambda: any(b > killed_at and s == grpc.StatusCode.OK for b, _, s in iris_load.calls[-5:])
-                and gateway.runner_pids().get("iris/1") not in (None, victim),
+                lambda: (
+                    any(
+                        b > killed_at and s == grpc.StatusCode.OK
+                        for b, _, s in iris_load.calls[-5:]
+                    )
+                    and gateway.runner_pids().get("iris/1") not in (None, victim)
+                ),
                 timeout=10,
             )
             recovered_after = time.monotonic() - killed_at
@@ -116,7 +123,9 @@ def test_sigterm_finishes_in_flight_and_leaves_no_process(repo: Path, tmp_path: 
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             seconds = np.array([0.6], dtype=np.float64)
             try:
-                reply = stub.ModelInfer(request("slow", {"seconds": seconds}, id=f"t{i}"), timeout=20)
+                reply = stub.ModelInfer(
+                    request("slow", {"seconds": seconds}, id=f"t{i}"), timeout=20
+                )
                 results.append((reply.id, outputs(reply)["slept"].tolist()))
             except grpc.RpcError as error:
                 results.append(error.code())

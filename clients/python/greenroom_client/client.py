@@ -39,12 +39,12 @@ import grpc
 import grpc.aio
 import numpy as np
 import numpy.typing as npt
-from greenroom_proto.inference import grpc_service_pb2 as pb
-from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 
 from greenroom_client import tensors
 from greenroom_client.errors import GreenroomError, from_status
 from greenroom_client.tensors import TensorSpec
+from greenroom_proto.inference import grpc_service_pb2 as pb
+from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 
 __all__ = [
     "AsyncClient",
@@ -277,9 +277,11 @@ class Client:
         send float32 to an FP32 input). ``version=None`` lets the server choose;
         ``outputs=None`` asks for all of them. ``raw`` sends raw bytes (fast, and what
         Triton expects); ``raw=False`` sends typed contents and the answer comes typed."""
-        return self._run(_infer_call(
-            model, inputs, version=version, request_id=request_id, outputs=outputs, raw=raw
-        ))
+        return self._run(
+            _infer_call(
+                model, inputs, version=version, request_id=request_id, outputs=outputs, raw=raw
+            )
+        )
 
     def model_metadata(self, model: str, version: str | None = None) -> ModelMetadata:
         return self._run(_model_metadata_call(model, version))
@@ -355,9 +357,11 @@ class AsyncClient:
         raw: bool = True,
     ) -> InferResult:
         """See ``Client.infer``."""
-        return await self._run(_infer_call(
-            model, inputs, version=version, request_id=request_id, outputs=outputs, raw=raw
-        ))
+        return await self._run(
+            _infer_call(
+                model, inputs, version=version, request_id=request_id, outputs=outputs, raw=raw
+            )
+        )
 
     async def model_metadata(self, model: str, version: str | None = None) -> ModelMetadata:
         return await self._run(_model_metadata_call(model, version))

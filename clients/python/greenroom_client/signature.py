@@ -19,7 +19,7 @@ def _fmt(specs: Iterable[TensorSpec]) -> str:
 def shape_matches(actual: Sequence[int], declared: Sequence[int]) -> bool:
     if len(actual) != len(declared):
         return False
-    return all(d == -1 or a == d for a, d in zip(actual, declared, strict=True))
+    return all(d in (-1, a) for a, d in zip(actual, declared, strict=True))
 
 
 def check_inputs(given: Sequence[TensorSpec], declared: Sequence[TensorSpec]) -> None:
@@ -42,9 +42,7 @@ def check_inputs(given: Sequence[TensorSpec], declared: Sequence[TensorSpec]) ->
     given_names = {spec.name for spec in given}
     for want in declared:
         if want.name not in given_names:
-            raise InvalidInput(
-                want.name, f"is missing; the model takes: {_fmt(declared)}"
-            )
+            raise InvalidInput(want.name, f"is missing; the model takes: {_fmt(declared)}")
 
 
 def check_outputs(requested: Sequence[str], declared: Sequence[TensorSpec]) -> None:

@@ -17,12 +17,13 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from greenroom_client.errors import InvalidArgument, InvalidInput
+from greenroom_proto.inference import grpc_service_pb2 as pb
 
 # V2 datatype -> numpy dtype, little-endian. BYTES is an object array of bytes.
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -60,23 +61,8 @@ CONTENTS_FIELD: dict[str, str] = {
 _KIND_TO_DATATYPE = {"U": "BYTES", "S": "BYTES", "O": "BYTES", "b": "BOOL"}
 
 
-class _Contents(Protocol):
-    def ListFields(self) -> list[tuple[Any, Any]]: ...
-
-
-class _Tensor(Protocol):
-    """Structural view of InferInputTensor / InferOutputTensor."""
-
-    name: str
-    datatype: str
-
-    @property
-    def shape(self) -> Sequence[int]: ...
-
-    @property
-    def contents(self) -> Any: ...
-
-    def HasField(self, field_name: str) -> bool: ...
+# A request's input tensor or a response's output tensor: the two share their layout.
+_Tensor = pb.ModelInferRequest.InferInputTensor | pb.ModelInferResponse.InferOutputTensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +98,9 @@ def _element_count(name: str, shape: Sequence[int]) -> int:
 def _dtype(name: str, datatype: str) -> np.dtype[Any]:
     dtype = DTYPES.get(datatype)
     if dtype is None:
-        raise InvalidInput(name, f"unknown datatype '{datatype}' (expected one of {', '.join(DTYPES)})")
+        raise InvalidInput(
+            name, f"unknown datatype '{datatype}' (expected one of {', '.join(DTYPES)})"
+        )
     return dtype
 
 
@@ -128,14 +116,17 @@ def _bytes_elements(name: str, raw: bytes, count: int) -> list[bytes]:
         offset += 4
         if offset + length > end:
             raise InvalidInput(
-                name, f"raw BYTES element {len(out)} claims {length} bytes; only {end - offset} remain"
+                name,
+                f"raw BYTES element {len(out)} claims {length} bytes; only {end - offset} remain",
             )
         out.append(bytes(view[offset : offset + length]))
         offset += length
         if len(out) > count:
             break
     if len(out) != count:
-        raise InvalidInput(name, f"raw BYTES contents hold {len(out)}+ elements; shape needs {count}")
+        raise InvalidInput(
+            name, f"raw BYTES contents hold {len(out)}+ elements; shape needs {count}"
+        )
     return out
 
 
@@ -162,10 +153,9 @@ def _typed_values(tensor: _Tensor) -> Any:
     values = getattr(tensor.contents, field)
     count = _element_count(tensor.name, tensor.shape)
     if len(values) != count:
-        raise InvalidInput(
-            tensor.name,
-            f"shape {list(tensor.shape)} needs {count} values in contents.{field}, got {len(values)}",
-        )
+        shape = list(tensor.shape)
+        problem = f"shape {shape} needs {count} values in contents.{field}, got {len(values)}"
+        raise InvalidInput(tensor.name, problem)
     return values
 
 
@@ -266,8 +256,8 @@ def encode(
         for name, array in arrays.items()
     }
     use_raw = raw or any(dt not in CONTENTS_FIELD for dt in chosen.values())
-    for name, array in arrays.items():
-        array = np.asarray(array)
+    for name, value in arrays.items():
+        array = np.asarray(value)
         datatype = chosen[name]
         tensor = tensors.add()
         tensor.name = name
