@@ -153,7 +153,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         return 0
     print(f"{result.model} version {result.version} id {result.id}")
     for output in body["outputs"]:
-        print(f"  {output['name']} {output['datatype']} {output['shape']}: {output['data']}")
+        nested = result.outputs[output["name"]].tolist()
+        print(f"  {output['name']} {output['datatype']} {output['shape']}: {nested}")
     return 0
 
 

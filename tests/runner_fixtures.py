@@ -16,18 +16,19 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import joblib
 import numpy as np
 import numpy.typing as npt
-from greenroom_client.tensors import decode, encode
-from greenroom_proto.inference import grpc_service_pb2 as pb
-from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
+
+from greenroom_client.tensors import decode, encode
+from greenroom_proto.inference import grpc_service_pb2 as pb
+from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTENING = "GREENROOM_RUNNER_LISTENING "
@@ -195,7 +196,7 @@ def infer_request(
 
 def outputs_of(response: pb.ModelInferResponse) -> dict[str, npt.NDArray[Any]]:
     # cast: tensors._Tensor.HasField(str) is stricter than the stubs' Literal[...]
-    return decode(cast("Sequence[Any]", response.outputs), response.raw_output_contents)
+    return decode(response.outputs, response.raw_output_contents)
 
 
 def rpc_error(call: Any, *args: Any, **kwargs: Any) -> grpc.RpcError:

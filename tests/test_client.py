@@ -23,6 +23,9 @@ import grpc
 import joblib
 import numpy as np
 import pytest
+from sklearn.datasets import load_iris
+
+from gateway.demo import ensure_demo_repository
 from greenroom_client import (
     AsyncClient,
     Client,
@@ -34,9 +37,6 @@ from greenroom_client import (
     TensorSpec,
     Unavailable,
 )
-from sklearn.datasets import load_iris
-
-from gateway.demo import ensure_demo_repository
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = "GREENROOM_RUNNER_LISTENING "

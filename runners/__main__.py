@@ -1,0 +1,137 @@
+"""Command line of a runner process; the gateway's supervisor starts one per model version.
+
+    python -m runners --model-dir VERSION_DIR --name NAME --version V --address ADDRESS
+                      [--threads N] [--parent-pid PID] [--log-format json|console]
+
+ADDRESS is ``unix:/path/to.sock`` or ``HOST:PORT`` (port 0: any free port). model.yaml is
+read from VERSION_DIR's parent. Once bound, the runner prints exactly one line to stdout,
+``GREENROOM_RUNNER_LISTENING <address bound>``, then loads the model while health says
+NOT_SERVING. Logs go to stderr (JSON by default). Exit codes: 0 stopped by SIGTERM/SIGINT
+or because the parent died, 2 bad arguments, 3 the model failed to load (the reason is
+logged), 4 the address could not be bound.
+
+Orphans are avoided twice over: on Linux the kernel sends SIGTERM when the parent dies
+(PR_SET_PDEATHSIG), and with ``--parent-pid`` the runner also checks every 0.5 s that the
+parent is alive, which covers other systems and a parent that is not the direct one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from runners.server import RunnerSettings, serve
+
+PARENT_POLL_S = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+def parse_args(argv: list[str] | None = None) -> RunnerSettings:
+    parser = argparse.ArgumentParser(prog="python -m runners", description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", required=True, type=Path, help="the version directory")
+    parser.add_argument("--name", required=True, help="the model name it answers to")
+    parser.add_argument("--version", required=True, help="the version it answers to")
+    parser.add_argument("--address", required=True, help="unix:/path.sock or HOST:PORT")
+    parser.add_argument("--threads", type=int, help="worker threads (default: model.yaml)")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
+    parser.add_argument("--log-format", choices=["json", "console"], default="json")
+    args = parser.parse_args(argv)
+    try:
+        return RunnerSettings.model_validate(vars(args))
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def configure_logging(log_format: str, name: str, version: str) -> None:
+    """structlog to stderr (stdout carries only the LISTENING line), model bound to all."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if log_format == "json":
+        processors.append(structlog.processors.format_exc_info)
+    structlog.configure(
+        processors=[*processors, renderer],
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(
+        component="runner", model=name, version=version, pid=os.getpid()
+    )
+
+
+def set_parent_death_signal() -> None:
+    """Ask Linux to SIGTERM us when the parent dies (best effort elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _parent_alive(pid: int, was_direct_parent: bool) -> bool:
+    if was_direct_parent and os.getppid() != pid:  # re-parented: the parent has exited
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+async def watch_parent(pid: int, stop: asyncio.Event) -> None:
+    was_direct_parent = os.getppid() == pid
+    while not stop.is_set():
+        if not _parent_alive(pid, was_direct_parent):
+            structlog.get_logger(__name__).warning("parent process is gone; stopping", parent=pid)
+            stop.set()
+            return
+        await asyncio.sleep(PARENT_POLL_S)
+
+
+async def run(settings: RunnerSettings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    watcher = None
+    if settings.parent_pid is not None:
+        watcher = asyncio.ensure_future(watch_parent(settings.parent_pid, stop))
+    try:
+        return await serve(settings, stop)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_args(argv)
+    set_parent_death_signal()
+    configure_logging(settings.log_format, settings.name, settings.version)
+    code = asyncio.run(run(settings))
+    sys.stderr.flush()
+    # os._exit, not sys.exit: a predict stuck in a worker thread cannot be interrupted,
+    # and the supervisor expects the process gone once the grace period is over.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

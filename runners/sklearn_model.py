@@ -1,0 +1,127 @@
+"""scikit-learn estimators and pipelines saved with ``joblib.dump`` as ``model.joblib``.
+
+The signature comes from the fitted estimator, so most models need no model.yaml:
+
+    input          FP32   [-1, n_features_in_]     the feature matrix, one row per example
+    classifiers    label          [-1]              predict(); INT64, BYTES, FP64 or BOOL
+                                                    after the type of ``classes_``
+                   probabilities  FP64 [-1, n_classes]   predict_proba(), when it exists
+    regressors     prediction     FP64 [-1] or [-1, k]   predict()
+
+The task is ``sklearn.base.is_classifier`` unless model.yaml says ``task``. model.yaml
+``inputs``/``outputs`` rename these and pin their datatype and shape, in the order above
+(see ``runners.model.bind``); a text pipeline, for instance, declares
+``inputs: [{name: text, datatype: BYTES, shape: [-1]}]``. Answers are exactly what the
+estimator's own methods return for the same array: no extra preprocessing happens here.
+The estimator takes one array, so pipelines that need a DataFrame are out of scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import numpy.typing as npt
+from sklearn.base import is_classifier
+from sklearn.pipeline import Pipeline
+
+from greenroom_client.tensors import TensorSpec
+from runners.config import ConfigError, ModelConfig
+from runners.model import Arrays, Binding, Model, bind
+
+Method = Callable[[npt.NDArray[Any]], npt.NDArray[Any]]
+
+# numpy kind of ``classes_`` -> V2 datatype of the label output; anything else is BYTES.
+_LABEL_DATATYPES = {"i": "INT64", "u": "INT64", "f": "FP64", "b": "BOOL"}
+
+
+def _label_datatype(classes: Any) -> str:
+    parts = classes if isinstance(classes, list) else [classes]
+    kinds = {np.asarray(part).dtype.kind for part in parts}
+    datatypes = {_LABEL_DATATYPES.get(kind, "BYTES") for kind in kinds}
+    return datatypes.pop() if len(datatypes) == 1 else "BYTES"
+
+
+def _classifier_outputs(estimator: Any, where: str) -> list[TensorSpec]:
+    classes = getattr(estimator, "classes_", None)
+    if classes is None:
+        raise ConfigError(f"{where}: task is classification but the estimator has no classes_")
+    if isinstance(classes, list):  # multi-output classifier: one label per target
+        return [TensorSpec("label", _label_datatype(classes), (-1, len(classes)))]
+    outputs = [TensorSpec("label", _label_datatype(classes), (-1,))]
+    if hasattr(estimator, "predict_proba"):
+        outputs.append(TensorSpec("probabilities", "FP64", (-1, len(classes))))
+    return outputs
+
+
+def _prediction_shape(estimator: Any) -> tuple[int, ...]:
+    """[-1] for one target, [-1, k] for k; read from the fitted final estimator."""
+    final = estimator[-1] if isinstance(estimator, Pipeline) else estimator
+    n_outputs = getattr(final, "n_outputs_", None)
+    if isinstance(n_outputs, int):
+        return (-1,) if n_outputs == 1 else (-1, n_outputs)
+    coef = getattr(final, "coef_", None)
+    if coef is not None and np.ndim(coef) == 2:  # linear models fitted on a 2-D target
+        return (-1, int(np.shape(coef)[0]))
+    return (-1,)
+
+
+def _native_input(estimator: Any, config: ModelConfig, where: str) -> TensorSpec:
+    n_features = getattr(estimator, "n_features_in_", None)
+    if n_features is None and config.inputs is None:
+        raise ConfigError(
+            f"{where}: the estimator does not say how many features it takes "
+            "(no n_features_in_); declare its input in model.yaml"
+        )
+    return TensorSpec("input", "FP32", (-1, int(n_features) if n_features else -1))
+
+
+class SklearnModel(Model):
+    """A fitted estimator; each output is one of its methods called on the input array."""
+
+    platform = "sklearn"
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        inputs: list[Binding],
+        outputs: list[Binding],
+        methods: dict[str, Method],
+    ):
+        super().__init__(name, version, inputs, outputs)
+        self._input = inputs[0].spec.name
+        self._methods = {b.spec.name: methods[b.native] for b in outputs}
+
+    @classmethod
+    def load(cls, artifact: Path, name: str, version: str, config: ModelConfig) -> SklearnModel:
+        estimator = joblib.load(artifact)
+        where = str(artifact)
+        if not callable(getattr(estimator, "predict", None)):
+            raise ConfigError(f"{where}: holds a {type(estimator).__name__}, not an estimator")
+        task = config.task or ("classification" if is_classifier(estimator) else "regression")
+        if task == "classification":
+            native = _classifier_outputs(estimator, where)
+        else:
+            native = [TensorSpec("prediction", "FP64", _prediction_shape(estimator))]
+        methods: dict[str, Method] = {
+            "label": estimator.predict,
+            "prediction": estimator.predict,
+            "probabilities": getattr(estimator, "predict_proba", estimator.predict),
+        }
+        yaml = str(artifact.parent.parent / "model.yaml")
+        return cls(
+            name,
+            version,
+            bind([_native_input(estimator, config, where)], config.inputs, "inputs", yaml),
+            bind(native, config.outputs, "outputs", yaml),
+            methods,
+        )
+
+    def predict(self, inputs: Arrays, outputs: Sequence[str] | None = None) -> Arrays:
+        features = inputs[self._input]
+        names = self._methods if outputs is None else outputs
+        return {name: self._methods[name](features) for name in names}
