@@ -154,7 +154,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, model: Model, request: pb.ModelInferRequest, wanted: list[str]
     ) -> pb.ModelInferResponse:
         """Worker-thread part of an inference: decode, predict, conform, encode."""
-        # cast: tensors._Tensor's HasField(str) is stricter than the stubs' Literal[...]
         arrays = decode(request.inputs, request.raw_input_contents)
         answer = _conform(model.predict(arrays, wanted), wanted, self._specs)
         response = pb.ModelInferResponse(
