@@ -48,4 +48,4 @@ bench: install
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) .greenroom .bench-tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) .greenroom bench/.tools bench/results/logs .pytest_cache .mypy_cache .ruff_cache

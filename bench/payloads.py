@@ -1,0 +1,56 @@
+"""The benchmark's model (trained here, into a temporary repository) and its requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+
+from greenroom_proto.inference import grpc_service_pb2 as pb
+
+MODEL_NAME = "bench-logreg"
+MODEL_VERSION = "1"
+N_FEATURES = 8
+INPUT_NAME = "input"
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One serialized ModelInferRequest, written to a file for ``ghz --binary-file``."""
+
+    name: str
+    rows: int
+    path: Path
+    size_bytes: int
+
+
+def train_model(repo: Path) -> Path:
+    """A LogisticRegression on a synthetic dataset, saved as repo/<name>/<version>/."""
+    features, labels = make_classification(
+        n_samples=2000, n_features=N_FEATURES, n_informative=5, random_state=7
+    )
+    model = LogisticRegression(max_iter=500).fit(features.astype(np.float32), labels)
+    version_dir = repo / MODEL_NAME / MODEL_VERSION
+    version_dir.mkdir(parents=True)
+    joblib.dump(model, version_dir / "model.joblib")
+    return version_dir
+
+
+def infer_request(rows: int, seed: int = 0) -> pb.ModelInferRequest:
+    """A raw FP32 request of ``rows`` rows; model_version empty (the deployment decides)."""
+    data = np.random.default_rng(seed).standard_normal((rows, N_FEATURES), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name=MODEL_NAME)
+    request.inputs.add(name=INPUT_NAME, datatype="FP32", shape=[rows, N_FEATURES])
+    request.raw_input_contents.append(data.astype("<f4").tobytes())
+    return request
+
+
+def write_payload(directory: Path, name: str, rows: int) -> Payload:
+    data = infer_request(rows).SerializeToString()
+    path = directory / f"{name}.bin"
+    path.write_bytes(data)
+    return Payload(name=name, rows=rows, path=path, size_bytes=len(data))

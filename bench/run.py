@@ -1,0 +1,314 @@
+"""`make bench`: the gateway against its floors, with ghz, on loopback.
+
+Targets, each started as its own process on 127.0.0.1 port 0:
+  echo           bench/floor.py echo (one hop, parses and answers ModelInfer)
+  two-hop-floor  bench/floor.py proxy -> echo (raw-bytes forwarding: the Python floor)
+  runner-direct  python -m runners (the LogisticRegression trained here)
+  gateway        greenroom serve (which starts its own runner for the same model)
+All are started first; then, scenario by scenario (payload, concurrency), each target
+gets a warmup run, then the targets take turns for a few short measured rounds, whose
+calls are pooled: the runs a ratio compares are interleaved in time, so that background
+load hits both sides alike. Results go to stdout and to bench/results/latest.json
+(logs: bench/results/logs/).
+Goals print PASS/MISS; the run never fails on them. A target that cannot start is
+skipped, loudly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+import ghzrun
+import procs
+import report
+from payloads import (
+    MODEL_NAME,
+    MODEL_VERSION,
+    N_FEATURES,
+    Payload,
+    train_model,
+    write_payload,
+)
+from report import ECHO, FLOOR, GATEWAY, ONE, RUNNER, THOUSAND, Results, Run
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PYTHON = sys.executable
+LOUD = "!" * 78
+
+
+@dataclass(frozen=True)
+class Plan:
+    scenarios: list[tuple[str, int]]  # (payload name, concurrency)
+    warmup_s: float
+    duration_s: float
+    rounds: int
+    floor_link: str
+    targets: set[str]
+    start_timeout_s: float
+
+
+@dataclass
+class Context:
+    plan: Plan
+    payloads: dict[str, Payload]
+    results: Results
+    log_dir: Path
+
+
+def _parse_args(argv: list[str] | None) -> Plan:
+    parser = argparse.ArgumentParser(description="Greenroom benchmark (ghz)")
+    parser.add_argument("--duration", type=float, default=1.5, help="seconds per round")
+    parser.add_argument("--rounds", type=int, default=3, help="measured runs per target")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warmup")
+    parser.add_argument("--no-c16-large", action="store_true", help="skip 1000-row at c=16")
+    parser.add_argument("--start-timeout", type=float, default=90.0)
+    parser.add_argument(
+        "--floor-link",
+        choices=["uds", "tcp"],
+        default="uds",
+        help="proxy -> echo link (the gateway reaches its runners over unix sockets)",
+    )
+    parser.add_argument(
+        "--targets", default=f"{ECHO},{FLOOR},{RUNNER},{GATEWAY}", help="comma-separated"
+    )
+    args = parser.parse_args(argv)
+    unknown = set(args.targets.split(",")) - {ECHO, FLOOR, RUNNER, GATEWAY}
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    scenarios = [(ONE, 1), (ONE, 16), (THOUSAND, 1)]
+    if not args.no_c16_large:
+        scenarios.append((THOUSAND, 16))
+    return Plan(
+        scenarios=scenarios,
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        rounds=args.rounds,
+        floor_link=args.floor_link,
+        targets=set(args.targets.split(",")),
+        start_timeout_s=args.start_timeout,
+    )
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def shout(*lines: str) -> None:
+    say(LOUD)
+    for line in lines:
+        say(f"!!! {line}")
+    say(LOUD)
+
+
+def _skip(ctx: Context, name: str, reason: str, log_path: Path | None = None) -> None:
+    ctx.results.skipped[name] = reason
+    tail = procs.log_tail(log_path).splitlines() if log_path else []
+    shout(f"SKIPPED target {name}: {reason}", *(f"  | {line}" for line in tail))
+
+
+@contextlib.contextmanager
+def serving(ctx: Context, name: str, argv: list[str]) -> Iterator[procs.Server | None]:
+    """The started target, or None (recorded as skipped) when it could not start."""
+    say(f"starting {name}: {' '.join(argv)}")
+    began = time.monotonic()
+    try:
+        server = procs.start(name, argv, ctx.log_dir, ctx.plan.start_timeout_s)
+    except (procs.StartError, OSError) as error:
+        _skip(ctx, name, str(error), ctx.log_dir / f"{name}.log")
+        yield None
+        return
+    say(f"  {name} SERVING at {server.address} after {time.monotonic() - began:.1f} s")
+    try:
+        yield server
+    finally:
+        procs.stop(server)
+
+
+def _sample(ctx: Context, target: str, load: ghzrun.Load, scenario: str) -> ghzrun.Sample | None:
+    try:
+        return ghzrun.run(load)
+    except (ghzrun.GhzError, subprocess.TimeoutExpired) as error:
+        ctx.results.failed.append(f"{target} {scenario}: {error}")
+        shout(f"NO RESULT for {target} {scenario}: {error}")
+        return None
+
+
+def _record(ctx: Context, run: Run) -> None:
+    ctx.results.runs.append(run)
+    stats = run.stats
+    say(
+        f"  {run.target:<14} {run.payload:<9} c={run.concurrency:<3} "
+        f"p50 {stats.p50_ms:8.3f} ms  rps {stats.rps:8.0f}  errors {stats.errors}"
+    )
+    if stats.errors or not stats.ok:
+        shout(
+            f"{run.target} {run.payload} c={run.concurrency}: {stats.errors} errors, "
+            f"{stats.ok} ok; e.g. {stats.error_sample}"
+        )
+
+
+def measure(ctx: Context, servers: dict[str, procs.Server], payload: str, c: int) -> None:
+    """Warm every target up, then ``rounds`` runs each, targets taking turns."""
+    path, plan, scenario = ctx.payloads[payload].path, ctx.plan, f"{payload} c={c}"
+    for server in servers.values():
+        with contextlib.suppress(ghzrun.GhzError, subprocess.TimeoutExpired):
+            ghzrun.run(ghzrun.Load(server.address, path, c, plan.warmup_s))  # discarded
+    samples: dict[str, list[ghzrun.Sample]] = {target: [] for target in servers}
+    for _ in range(plan.rounds):
+        for target, server in servers.items():
+            load = ghzrun.Load(server.address, path, c, plan.duration_s)
+            sample = _sample(ctx, target, load, scenario)
+            samples[target] += [sample] if sample else []
+    for target, taken in samples.items():
+        if taken:
+            _record(ctx, Run(target, payload, c, ghzrun.combine(taken)))
+
+
+def measure_all(ctx: Context, servers: dict[str, procs.Server]) -> None:
+    """Scenario by scenario, so that the runs a ratio compares are close in time."""
+    for payload, concurrency in ctx.plan.scenarios:
+        say(f"measuring {payload} c={concurrency} ...")
+        measure(ctx, servers, payload, concurrency)
+
+
+def record_rss(ctx: Context, servers: dict[str, procs.Server]) -> None:
+    for target, server in servers.items():
+        measured = procs.rss_bytes(server.pid)
+        if measured is None:
+            shout(f"{target} (pid {server.pid}) is gone: it died during the run")
+            ctx.results.failed.append(f"{target}: process died during the run")
+            continue
+        process, children = measured
+        ctx.results.rss[target] = {
+            "process_mb": round(process / report.MB, 1),
+            "children_mb": {str(pid): round(rss / report.MB, 1) for pid, rss in children.items()},
+        }
+
+
+def _argvs(work: Path) -> dict[str, list[str]]:
+    floor_py, repo, data_dir = str(ROOT / "bench" / "floor.py"), work / "models", work / "data"
+    return {
+        ECHO: [PYTHON, floor_py, "echo", "--address", "127.0.0.1:0", "--uds", _socket(work)],
+        FLOOR: [PYTHON, floor_py, "proxy", "--address", "127.0.0.1:0", "--upstream"],
+        RUNNER: [
+            PYTHON, "-m", "runners",
+            "--model-dir", str(repo / MODEL_NAME / MODEL_VERSION),
+            "--name", MODEL_NAME, "--version", MODEL_VERSION,
+            "--address", "127.0.0.1:0",
+        ],
+        GATEWAY: [
+            str(Path(PYTHON).parent / "greenroom"), "serve",
+            "--repo", str(repo), "--host", "127.0.0.1", "--port", "0",
+            "--data-dir", str(data_dir),
+        ],
+    }  # fmt: skip
+
+
+def _socket(work: Path) -> str:
+    return str(work / "echo.sock")
+
+
+def start_all(ctx: Context, stack: contextlib.ExitStack, work: Path) -> dict[str, procs.Server]:
+    """Every wanted target that starts (the echo server also when only the floor is wanted)."""
+    argvs, wanted = _argvs(work), ctx.plan.targets
+    started: dict[str, procs.Server | None] = {}
+    if wanted & {ECHO, FLOOR}:
+        echo = started[ECHO] = stack.enter_context(serving(ctx, ECHO, argvs[ECHO]))
+        if FLOOR in wanted and echo is not None:
+            link = f"unix:{_socket(work)}" if ctx.plan.floor_link == "uds" else echo.address
+            argv = [*argvs[FLOOR], link]
+            started[FLOOR] = stack.enter_context(serving(ctx, FLOOR, argv))
+    for name in (RUNNER, GATEWAY):
+        if name in wanted:
+            started[name] = stack.enter_context(serving(ctx, name, argvs[name]))
+    return {name: s for name, s in started.items() if s is not None and name in wanted}
+
+
+def _meta(plan: Plan, payloads: dict[str, Payload]) -> dict[str, Any]:
+    return {
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "ghz_version": ghzrun.ghz_version(),
+        "ghz_cpus": ghzrun.GHZ_CPUS,
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "warmup_s": plan.warmup_s,
+        "round_s": plan.duration_s,
+        "rounds": plan.rounds,
+        "floor_link": plan.floor_link,
+        "model": f"{MODEL_NAME} LogisticRegression, {N_FEATURES} FP32 features",
+        "payload_bytes": {name: p.size_bytes for name, p in payloads.items()},
+    }
+
+
+def _warn_if_busy() -> None:
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cpus / 2:
+        shout(
+            f"system load {load:.1f} on {cpus} CPUs before the run: other work shares the "
+            "machine, so latencies and ratios will be noisy"
+        )
+
+
+def _summary(ctx: Context, elapsed_s: float) -> None:
+    items = report.ratios(ctx.results)
+    ctx.results.meta["elapsed_s"] = round(elapsed_s, 1)
+    say()
+    say(report.table(ctx.results))
+    say()
+    say(report.rss_line(ctx.results))
+    say()
+    say(report.ratio_lines(items))
+    report.write_json(ctx.results, items, RESULTS / "latest.json")
+    say()
+    say(f"results: {RESULTS / 'latest.json'}   logs: {ctx.log_dir}   ({elapsed_s:.0f} s)")
+    problems = [f"SKIPPED {name}: {why}" for name, why in ctx.results.skipped.items()]
+    problems += [f"NO RESULT {what}" for what in ctx.results.failed]
+    problems += [
+        f"ERRORS {run.target} {run.payload} c={run.concurrency}: {run.stats.errors}"
+        for run in ctx.results.runs
+        if run.stats.errors
+    ]
+    if problems:
+        shout(*problems)
+
+
+def main(argv: list[str] | None = None) -> int:
+    began = time.monotonic()
+    plan = _parse_args(argv)
+    _warn_if_busy()
+    ghzrun.ensure_ghz()
+    log_dir = RESULTS / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="greenroom-bench-") as tmp:
+        work = Path(tmp)
+        train_model(work / "models")
+        payloads = {ONE: write_payload(work, ONE, 1), THOUSAND: write_payload(work, THOUSAND, 1000)}
+        ctx = Context(plan, payloads, Results(meta=_meta(plan, payloads)), log_dir)
+        with contextlib.ExitStack() as stack:
+            servers = start_all(ctx, stack, work)
+            measure_all(ctx, servers)
+            record_rss(ctx, servers)
+    _summary(ctx, time.monotonic() - began)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
