@@ -169,7 +169,9 @@ class Runner:
             raise ResourceExhausted(f"{self.where} has {self._in_flight} requests in flight")
         self._in_flight += 1
         try:
-            reply: bytes = await call(request + self._remote_fields, timeout=timeout)
+            if self._remote_fields:
+                request += self._remote_fields
+            reply: bytes = await call(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.where, timeout) from None
         finally:
