@@ -214,7 +214,11 @@ class Runner:
         ]  # fmt: skip
 
     async def _launch(self) -> None:
-        self._set(RunnerState.LOADING, "starting runner process")
+        why = self.reason.partition("; restarting")[0]
+        self._set(
+            RunnerState.LOADING,
+            f"restart {self.restarts} after: {why}" if self.restarts else "starting runner process",
+        )
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._proc = proc = await asyncio.create_subprocess_exec(

@@ -13,6 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
+from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import GatewayProcess, pid_alive
 from tests.models import churn_data, iris
@@ -150,3 +151,26 @@ def test_gateway_killed_outright_takes_its_runners_along(repo: Path, tmp_path: P
     assert wait_until(lambda: not any(pid_alive(pid) for pid in runners), timeout=5), [
         psutil.Process(pid).cmdline() for pid in runners if pid_alive(pid)
     ]
+
+
+def test_a_broken_model_does_not_stop_the_others(repo: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "broken" / "1").mkdir(parents=True)
+    (models / "broken" / "1" / "model.joblib").write_bytes(b"not a pickle")
+    (models / "iris").symlink_to(repo / "iris")
+    gateway = GatewayProcess(models, tmp_path / "data")
+    try:
+        with grpc.insecure_channel(gateway.target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ModelInfer(request("iris", {"input": iris()[0][:1]})).outputs
+            index = {m.name: m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+            # Failing, backing off or trying again: the reason stays in sight either way.
+            assert index["broken"].state in {"UNAVAILABLE", "LOADING"}
+            assert "runner exited with code 3" in index["broken"].reason
+            assert not stub.ServerReady(pb.ServerReadyRequest()).ready
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request("broken", {"input": iris()[0][:1]}), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "model 'broken' version '1' is not ready" in info.value.details()
+    finally:
+        gateway.stop()
