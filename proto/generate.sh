@@ -5,7 +5,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/python}
-py=$(command -v "${PYTHON:-python}" || realpath "${PYTHON}")
+py=$(command -v "${PYTHON:-python}")
+# Absolute, but not symlink-resolved: a virtualenv's python is a symlink to its base.
+py="$(cd "$(dirname "$py")" && pwd)/$(basename "$py")"
 bindir=$(dirname "$(command -v "$py")")
 cd "$here"
 mapfile -t files < <(find . -name '*.proto' -not -path './python/*' | sed 's|^\./|greenroom_proto/|' | sort)
