@@ -1,0 +1,162 @@
+"""The ledger as the gateway sees it: record predictions cheaply, read them back joined.
+
+Writes of predictions go through a ``BatchWriter`` (off the event loop, bounded);
+feedback, deployment and evaluation reads go straight to the ``Store`` from whatever
+thread calls them (the gateway runs those in a worker thread, never on the event loop).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.ledger.records import (
+    FeedbackResult,
+    HistoryEntry,
+    LabelledRow,
+    LedgerStats,
+    PairedRow,
+    Prediction,
+)
+from gateway.ledger.store import Store, is_transient
+from gateway.ledger.writer import BatchWriter
+
+FEEDBACK_FLUSH_TIMEOUT_S = 5.0
+
+
+class Ledger:
+    """Predictions, feedback and deployments in SQLite (default) or PostgreSQL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue_rows: int = 200_000,
+        batch_rows: int = 2_000,
+        flush_interval_s: float = 0.05,
+    ) -> None:
+        self.url = url
+        self._store = Store(url)
+        self._writer: BatchWriter[Prediction] = BatchWriter(
+            self._store.insert_predictions,
+            is_transient=is_transient,
+            queue_rows=queue_rows,
+            batch_rows=batch_rows,
+            flush_interval_s=flush_interval_s,
+        )
+
+    @classmethod
+    def for_data_dir(
+        cls,
+        data_dir: Path,
+        *,
+        queue_rows: int = 200_000,
+        batch_rows: int = 2_000,
+        flush_interval_s: float = 0.05,
+    ) -> Ledger:
+        """The embedded default: ``<data_dir>/ledger.db``, directory created."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            f"sqlite:///{(data_dir / 'ledger.db').resolve()}",
+            queue_rows=queue_rows,
+            batch_rows=batch_rows,
+            flush_interval_s=flush_interval_s,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Migrate to the newest schema, then start the writer thread."""
+        self._store.migrate()
+        self._writer.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write everything queued (the SIGTERM path), then release connections."""
+        if self._writer.stop(timeout):
+            self._store.dispose()
+
+    # -- predictions --------------------------------------------------------------------
+
+    def record(self, rows: Sequence[Prediction]) -> None:
+        """Queue rows for writing: cheap, non-blocking and never raising, because it runs
+        on the event loop for every request. Rows that do not fit are counted as dropped."""
+        try:
+            self._writer.put(rows)
+        except Exception:  # the answer to the client matters more than its record
+            return
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything recorded so far is written (or counted as failed)."""
+        return self._writer.flush(timeout)
+
+    @property
+    def stats(self) -> LedgerStats:
+        return self._writer.stats
+
+    def count(self, model: str | None = None) -> int:
+        """Prediction rows in the database (of one model, or all)."""
+        return self._store.count_predictions(model)
+
+    # -- feedback -----------------------------------------------------------------------
+
+    def add_feedback(self, model: str, items: Sequence[tuple[str, int, str]]) -> FeedbackResult:
+        """Validate the whole batch first (nothing is stored if any item is bad), then
+        upsert it. Recorded predictions are flushed first so that truth sent right after
+        an answer counts as matched; truth for an unknown id is kept and joins later."""
+        _validate_feedback(model, items)
+        self.flush(FEEDBACK_FLUSH_TIMEOUT_S)
+        return self._store.add_feedback(model, items, time.time())
+
+    # -- evaluation reads ---------------------------------------------------------------
+
+    def rows(self, model: str, since: float | None = None) -> list[LabelledRow]:
+        """Every prediction row of the model since ``since``, oldest first, with its truth."""
+        self.flush()
+        return self._store.rows(model, since)
+
+    def pairs(
+        self, model: str, primary: str, candidate: str, since: float | None = None
+    ) -> list[PairedRow]:
+        """Rows both versions answered OK and whose truth is known."""
+        self.flush()
+        return self._store.pairs(model, primary, candidate, since)
+
+    # -- deployments --------------------------------------------------------------------
+
+    def save_deployment(
+        self, model: str, spec: dict[str, Any], reason: str, actor: str = "cli"
+    ) -> None:
+        """Replace the current deployment and append to its history, atomically."""
+        self._store.save_deployment(model, spec, reason, actor, time.time())
+
+    def deployment(self, model: str) -> dict[str, Any] | None:
+        return self._store.deployment(model)
+
+    def history(self, model: str) -> list[HistoryEntry]:
+        """Every saved change of the model's deployment, oldest first."""
+        return self._store.history(model)
+
+
+def _validate_feedback(model: str, items: Sequence[tuple[str, int, str]]) -> None:
+    """Raise ValueError naming the first bad item (by index) so a client can fix its file."""
+    if not model:
+        raise ValueError("feedback: model name is empty")
+    for index, item in enumerate(items):
+        problem = _feedback_problem(item)
+        if problem:
+            raise ValueError(f"feedback item {index}: {problem}")
+
+
+def _feedback_problem(item: object) -> str | None:
+    if not isinstance(item, tuple) or len(item) != 3:
+        return "expected (request_id, row, truth)"
+    request_id, row, truth = item
+    if not isinstance(request_id, str) or not request_id:
+        return "request_id is empty"
+    if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+        return f"row must be a non-negative integer, got {row!r}"
+    if not isinstance(truth, str) or not truth:
+        return "truth is empty"
+    return None
