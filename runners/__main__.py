@@ -18,18 +18,21 @@ parent is alive, which covers other systems and a parent that is not the direct 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import ctypes
 import logging
 import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from runners.server import RunnerSettings, serve
+from runners.server import RunnerSettings, Wakeup, serve
 
 PARENT_POLL_S = 0.5
 _PR_SET_PDEATHSIG = 1
@@ -41,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> RunnerSettings:
     parser.add_argument("--name", required=True, help="the model name it answers to")
     parser.add_argument("--version", required=True, help="the version it answers to")
     parser.add_argument("--address", required=True, help="unix:/path.sock or HOST:PORT")
-    parser.add_argument("--threads", type=int, help="worker threads (default: model.yaml)")
+    parser.add_argument("--threads", type=int, help="model calls at once (default: model.yaml)")
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     parser.add_argument("--log-format", choices=["json", "console"], default="json")
     args = parser.parse_args(argv)
@@ -49,6 +52,16 @@ def parse_args(argv: list[str] | None = None) -> RunnerSettings:
         return RunnerSettings.model_validate(vars(args))
     except ValueError as exc:
         parser.error(str(exc))
+
+
+def _add_fields(fields: Mapping[str, Any]) -> structlog.typing.Processor:
+    """A processor putting ``fields`` first in every entry. Not contextvars: they are
+    per thread, and a runner logs from gRPC's handler threads and its own."""
+
+    def add(logger: Any, method: str, event: structlog.typing.EventDict) -> Any:
+        return {**fields, **event}
+
+    return add
 
 
 def configure_logging(log_format: str, name: str, version: str) -> None:
@@ -59,8 +72,9 @@ def configure_logging(log_format: str, name: str, version: str) -> None:
         if log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    fields = {"component": "runner", "model": name, "version": version, "pid": os.getpid()}
     processors: list[structlog.typing.Processor] = [
-        structlog.contextvars.merge_contextvars,
+        _add_fields(fields),
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -70,9 +84,6 @@ def configure_logging(log_format: str, name: str, version: str) -> None:
         processors=[*processors, renderer],
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
-    )
-    structlog.contextvars.bind_contextvars(
-        component="runner", model=name, version=version, pid=os.getpid()
     )
 
 
@@ -97,38 +108,36 @@ def _parent_alive(pid: int, was_direct_parent: bool) -> bool:
     return True
 
 
-async def watch_parent(pid: int, stop: asyncio.Event) -> None:
+def watch_parent(pid: int, wakeup: Wakeup) -> None:
+    """Poll the parent until it is gone, then ask for a stop (in a daemon thread)."""
     was_direct_parent = os.getppid() == pid
-    while not stop.is_set():
-        if not _parent_alive(pid, was_direct_parent):
-            structlog.get_logger(__name__).warning("parent process is gone; stopping", parent=pid)
-            stop.set()
-            return
-        await asyncio.sleep(PARENT_POLL_S)
+    while _parent_alive(pid, was_direct_parent):
+        time.sleep(PARENT_POLL_S)
+    structlog.get_logger(__name__).warning("parent process is gone; stopping", parent=pid)
+    wakeup.stop()
 
 
-async def run(settings: RunnerSettings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    watcher = None
+def run(settings: RunnerSettings) -> int:
+    """Serve on the main thread until SIGTERM/SIGINT or the parent's death."""
+    wakeup = Wakeup()
+    wakeup.catch_signals(signal.SIGTERM, signal.SIGINT)
     if settings.parent_pid is not None:
-        watcher = asyncio.ensure_future(watch_parent(settings.parent_pid, stop))
-    try:
-        return await serve(settings, stop)
-    finally:
-        if watcher is not None:
-            watcher.cancel()
+        threading.Thread(
+            target=watch_parent,
+            args=(settings.parent_pid, wakeup),
+            name="watch-parent",
+            daemon=True,
+        ).start()
+    return serve(settings, wakeup)
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
     set_parent_death_signal()
     configure_logging(settings.log_format, settings.name, settings.version)
-    code = asyncio.run(run(settings))
+    code = run(settings)
     sys.stderr.flush()
-    # os._exit, not sys.exit: a predict stuck in a worker thread cannot be interrupted,
+    # os._exit, not sys.exit: a predict stuck in a handler thread cannot be interrupted,
     # and the supervisor expects the process gone once the grace period is over.
     os._exit(code)
 

@@ -9,11 +9,23 @@ version. The gateway and every runner read these with the same classes.
         primary: "2"                           # default: the highest version
         inputs:  [{name, datatype, shape}]     # signature overrides (shape: -1 = any)
         outputs: [{name, datatype, shape}]
-        runner: {threads: 1, startup_timeout_s: 60}
+        runner: {threads: 1, startup_timeout_s: 60, max_batch_size: 256}
+        classes: ["setosa", "versicolor", "virginica"]  # probabilities' column order
+        promotion: {auto: false, interval_s: 60, min_pairs: 200, alpha: 0.05,
+                    max_error_rate: 0.01, max_p99_ratio: 1.5, old_primary_shadow_fraction: 1.0}
     models/<name>/<version>/runner.yaml
         address: host:port                     # an external V2 server; no process started
         model: remote-name                     # its name there (default: the same name)
         version: "3"                           # its version there (default: its own choice)
+
+runner options: ``threads`` is how many model calls run at once (and ONNX Runtime's
+intra-op threads); ``startup_timeout_s`` how long the gateway waits for the runner to
+listen. ``max_batch_size`` caps, in rows, how many concurrent requests a runner merges
+into one model call (runners.batching; no delay is added to wait for a batch to fill):
+0 never merges. Unset, it is 256 for scikit-learn and ONNX models whose inputs and
+outputs all have -1 as their first dimension, and 0 otherwise (custom model.py: set it
+only if predict answers each row from that row alone). A request bigger than the cap
+still runs, alone.
 """
 
 from __future__ import annotations
@@ -38,6 +50,21 @@ class RunnerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threads: int = Field(default=1, ge=1, le=64)
     startup_timeout_s: float = Field(default=60.0, gt=0)
+    max_batch_size: int | None = Field(default=None, ge=0)
+
+
+class PromotionPolicy(BaseModel):
+    """When a shadow has earned promotion; ``auto`` checks on a schedule and promotes."""
+
+    model_config = ConfigDict(extra="forbid")
+    auto: bool = False
+    interval_s: float = Field(default=60.0, gt=0)
+    min_pairs: int = Field(default=200, ge=0)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    max_p99_ratio: float | None = Field(default=1.5, gt=0)
+    # Fraction at which the old primary keeps shadowing after a promotion (0: it leaves).
+    old_primary_shadow_fraction: float = Field(default=1.0, ge=0, le=1)
 
 
 class ModelConfig(BaseModel):
@@ -46,7 +73,10 @@ class ModelConfig(BaseModel):
     primary: str | None = None
     inputs: list[TensorDecl] | None = None
     outputs: list[TensorDecl] | None = None
+    # The order of the probabilities output's columns, when the runner does not say.
+    classes: list[str] | None = None
     runner: RunnerOptions = Field(default_factory=RunnerOptions)
+    promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
 
 
 class ExternalRunner(BaseModel):

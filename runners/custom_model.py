@@ -20,7 +20,7 @@ This is the escape hatch for anything the scikit-learn and ONNX adapters do not 
             ...
 
         def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            # Called in a worker thread with the request's arrays, already checked
+            # Called in a gRPC handler thread with the request's arrays, already checked
             # against ``inputs`` (names, datatypes, shapes). Return every declared
             # output; the runner casts each to its declared datatype. BYTES inputs
             # arrive as object arrays of ``bytes``.
@@ -31,6 +31,10 @@ The class is constructed without arguments. The version directory is put at the 
 request with INVALID_ARGUMENT, raise ``greenroom_client.errors.InvalidInput(name, why)``;
 any other exception answers INTERNAL and is logged with its traceback by the runner.
 With ``runner.threads`` above 1, ``predict`` may run in several threads at once.
+
+Requests are not batched by default: the runner cannot know that ``predict`` answers each
+row from that row alone. If it does, model.yaml ``runner: {max_batch_size: 256}`` lets
+concurrent requests be merged into one ``predict`` call (runners.batching).
 """
 
 from __future__ import annotations

@@ -51,15 +51,21 @@ class Binding:
 
 
 class Model(ABC):
-    """One loaded model version. ``predict`` is synchronous and runs in a worker thread.
+    """One loaded model version. ``predict`` is synchronous and runs in a gRPC handler
+    thread, in several at once when ``runner.threads`` is above 1.
 
     ``inputs``/``outputs`` are the V2 signature (-1 marks a variable dimension, the batch
     first). The server checks requests against ``inputs`` before calling ``predict``, so
     an adapter receives exactly the declared names, datatypes and ranks; it casts outputs
     to the declared datatypes itself afterwards.
+
+    ``row_wise`` says that each output row depends on its input row alone, so that the
+    runner may merge concurrent requests into one ``predict`` call (runners.batching);
+    ``predict`` then receives the rows of several requests at once.
     """
 
     platform: str = "unknown"
+    row_wise: bool = False
 
     def __init__(self, name: str, version: str, inputs: list[Binding], outputs: list[Binding]):
         self.name = name
@@ -73,6 +79,11 @@ class Model(ABC):
     @abstractmethod
     def load(cls, artifact: Path, name: str, version: str, config: ModelConfig) -> Model:
         """Build the model from its artifact file; ConfigError when it cannot be served."""
+
+    def check(self, inputs: Arrays) -> None:
+        """Refuse a request's decoded arrays with InvalidInput (nothing by default). Runs
+        per request, before requests are merged, so one bad request fails only itself."""
+        return
 
     @abstractmethod
     def predict(self, inputs: Arrays, outputs: Sequence[str] | None = None) -> Arrays:

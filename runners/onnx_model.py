@@ -11,7 +11,9 @@ model.yaml ``inputs``/``outputs`` rename graph tensors in order (``runners.model
 An input declared with another datatype than the graph's (FP64 for a float graph, say)
 is cast to the graph's type before the run, so clients may send what they have.
 ``runner.threads`` sets ONNX Runtime's intra-op threads; inter-op is 1 (one graph per
-request, requests in parallel come from the runner's worker threads).
+call; up to ``runner.threads`` calls run in parallel). A graph is taken to be row-wise:
+when every input and output has -1 as its first dimension, concurrent requests are
+batched (runners.batching; model.yaml ``runner.max_batch_size: 0`` if it is not).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class OnnxModel(Model):
     """An ONNX Runtime session; requested outputs only are computed."""
 
     platform = "onnxruntime"
+    row_wise = True
 
     def __init__(
         self, name: str, version: str, inputs: list[Binding], outputs: list[Binding], session: Any

@@ -1,28 +1,39 @@
 """The runner's gRPC server: one model version behind ``inference.GRPCInferenceService``.
 
-Lifecycle (``serve``): bind and start listening first, with grpc.health.v1 answering
-NOT_SERVING, so that the gateway can poll health while a large model loads; load the
-model in a background thread; then SERVING for "" and for the model's name. A load that
-fails exits with ``EXIT_LOAD_FAILED``; a stop request (SIGTERM, parent gone) stops
-accepting calls and lets in-flight ones finish within ``GRACE_S``.
+Lifecycle (``Runner.serve``, on the main thread): bind and start listening first, with
+grpc.health.v1 answering NOT_SERVING, so that the gateway can poll health while a large
+model loads; load the model in a daemon thread; then SERVING for "" and for the model's
+name. A load that fails exits with ``EXIT_LOAD_FAILED``; a stop request (SIGTERM, parent
+gone: a byte on the ``Wakeup`` pipe) stops accepting calls and lets in-flight ones
+finish within ``GRACE_S``.
 
-The servicer is thin: ModelInfer checks the request against the signature on the event
-loop (cheap: names, datatypes, shapes), then decodes, predicts, conforms and encodes in
-one worker-thread hop, so that neither the model nor large tensors ever block the loop.
+The server is grpc's synchronous one: every call runs in a thread of its pool, and
+ModelInfer runs the model right there, in its handler thread. With an event loop each
+request had to be handed to a worker thread and its answer handed back, two thread
+wakeups that cost a small model about a third of its latency; here a handler blocked in
+the model blocks nobody else, since health and metadata calls get other pool threads.
+The pool is larger than ``threads``: ``runners.batching`` lets at most ``threads`` model
+calls run at once and merges the requests that queue up meanwhile into one call.
+
+The servicer is thin: check the request against the signature, decode it, let the model
+check it, predict (batched), conform the answer to the signature and encode it.
 GreenroomError travels as its status and message; anything else is logged with its
 traceback and answered INTERNAL with a generic message.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import os
+import signal
 import stat
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal, TypeVar
 
 import grpc
@@ -43,20 +54,26 @@ from greenroom_client.signature import check_inputs, check_outputs, shape_matche
 from greenroom_client.tensors import DTYPES, TensorSpec, decode, encode
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
-from runners.config import ModelConfig, load_model_config
+from runners.batching import INTERNAL_MESSAGE, Batcher, default_max_batch_size
+from runners.config import RunnerOptions, load_model_config
 from runners.model import Arrays, Model, load_model
 
 log = structlog.get_logger(__name__)
 
 SERVER_NAME = "greenroom-runner"
 SERVER_VERSION = "0.1.0"
-INTERNAL_MESSAGE = "internal error; see the runner log"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 GRACE_S = 5.0
 LISTENING_PREFIX = "GREENROOM_RUNNER_LISTENING"
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 3
 EXIT_BIND_FAILED = 4
+MAX_THREADS = 64
+# Pool threads beyond ``threads``: calls waiting for a batch, health, metadata, streams.
+# ThreadPoolExecutor starts threads only as calls need them, so a generous cap is free.
+POOL_SPARE = 32
+
+__all__ = ["INTERNAL_MESSAGE", "Runner", "RunnerSettings", "Wakeup", "serve"]
 
 T = TypeVar("T")
 
@@ -69,7 +86,7 @@ class RunnerSettings(BaseModel):
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
     address: str = Field(min_length=1)
-    threads: int | None = Field(default=None, ge=1, le=64)
+    threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
     parent_pid: int | None = Field(default=None, ge=1)
     log_format: Literal["json", "console"] = "json"
 
@@ -113,35 +130,49 @@ def _conform(answer: Arrays, wanted: Sequence[str], specs: dict[str, TensorSpec]
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """The loaded model and what answering with it needs. Set in one assignment, so that a
+    handler thread sees all of it or none of it."""
+
+    model: Model
+    batcher: Batcher
+    specs: dict[str, TensorSpec]
+    datatypes: dict[str, str]
+    all_outputs: list[str]
+
+    @classmethod
+    def of(cls, model: Model, batcher: Batcher) -> Serving:
+        return cls(
+            model,
+            batcher,
+            {s.name: s for s in model.outputs},
+            {s.name: s.datatype for s in model.outputs},
+            [s.name for s in model.outputs],
+        )
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """V2 inference for the one model version this runner holds (None while loading)."""
 
     def __init__(self, name: str, version: str):
         self.name = name
         self.version = version
-        self.model: Model | None = None
+        self.serving: Serving | None = None
         self.state = "LOADING"
-        self._executor: ThreadPoolExecutor | None = None
-        self._specs: dict[str, TensorSpec] = {}
-        self._datatypes: dict[str, str] = {}
-        self._all_outputs: list[str] = []
 
-    def set_model(self, model: Model, executor: ThreadPoolExecutor) -> None:
-        self._executor = executor
-        self._specs = {s.name: s for s in model.outputs}
-        self._datatypes = {s.name: s.datatype for s in model.outputs}
-        self._all_outputs = [s.name for s in model.outputs]
-        self.model = model
+    def set_model(self, model: Model, batcher: Batcher) -> None:
+        self.serving = Serving.of(model, batcher)
         self.state = "READY"
 
-    def _ready_model(self, name: str, version: str) -> Model:
+    def _ready(self, name: str, version: str) -> Serving:
         if name != self.name:
             raise ModelNotFound(name)
         if version and version != self.version:
             raise VersionNotFound(name, version, [self.version])
-        if self.model is None:
+        if self.serving is None:
             raise Unavailable(f"model '{name}' version '{self.version}' is still loading")
-        return self.model
+        return self.serving
 
     def _error(self, exc: Exception, request_id: str) -> GreenroomError:
         """The error to answer with; unexpected ones are logged here, never sent."""
@@ -150,85 +181,76 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         log.error("inference failed", request_id=request_id, exc_info=exc)
         return InternalError(INTERNAL_MESSAGE)
 
-    def _compute(
-        self, model: Model, request: pb.ModelInferRequest, wanted: list[str]
-    ) -> pb.ModelInferResponse:
-        """Worker-thread part of an inference: decode, predict, conform, encode."""
-        arrays = decode(request.inputs, request.raw_input_contents)
-        answer = _conform(model.predict(arrays, wanted), wanted, self._specs)
-        response = pb.ModelInferResponse(
-            model_name=self.name, model_version=self.version, id=request.id
-        )
-        raw = len(request.raw_input_contents) > 0
-        encode(response.outputs, response.raw_output_contents, answer, raw, self._datatypes)
-        return response
-
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        model = self._ready_model(request.model_name, request.model_version)
+    def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        serving = self._ready(request.model_name, request.model_version)
+        model = serving.model
         given = [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in request.inputs]
         check_inputs(given, model.inputs)
         requested = [o.name for o in request.outputs]
         check_outputs(requested, model.outputs)
-        loop = asyncio.get_running_loop()
-        wanted = requested or self._all_outputs
-        response: pb.ModelInferResponse = await loop.run_in_executor(
-            self._executor, self._compute, model, request, wanted
+        wanted = requested or serving.all_outputs
+        arrays = decode(request.inputs, request.raw_input_contents)
+        model.check(arrays)
+        answer = serving.batcher.run(arrays, wanted, request.id)
+        response = pb.ModelInferResponse(
+            model_name=self.name, model_version=self.version, id=request.id
         )
+        raw = len(request.raw_input_contents) > 0
+        outputs = _conform(answer, wanted, serving.specs)
+        encode(response.outputs, response.raw_output_contents, outputs, raw, serving.datatypes)
         return response
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
     ) -> pb.ModelInferResponse:
         try:
-            return await self._infer(request)
+            return self._infer(request)
         except Exception as exc:
             err = self._error(exc, request.id)
             context.set_code(_status(err))
             context.set_details(err.message)
             return pb.ModelInferResponse()
 
-    async def ModelStreamInfer(
-        self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    def ModelStreamInfer(
+        self, request_iterator: Iterator[pb.ModelInferRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelStreamInferResponse]:
         """Triton's form: requests answered in order, a failure as its error_message."""
-        async for request in request_iterator:
+        for request in request_iterator:
             try:
-                answer = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+                answer = pb.ModelStreamInferResponse(infer_response=self._infer(request))
             except Exception as exc:
                 message = self._error(exc, request.id).message
                 answer = pb.ModelStreamInferResponse(error_message=message)
             yield answer
 
-    async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.ServicerContext
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.model is not None)
+        return pb.ServerReadyResponse(ready=self.serving is not None)
 
-    async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.ServicerContext
     ) -> pb.ModelReadyResponse:
         ours = request.name == self.name and request.version in ("", self.version)
-        return pb.ModelReadyResponse(ready=ours and self.model is not None)
+        return pb.ModelReadyResponse(ready=ours and self.serving is not None)
 
-    async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
             name=SERVER_NAME, version=SERVER_VERSION, extensions=["model_repository"]
         )
 
-    async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
     ) -> pb.ModelMetadataResponse:
         try:
-            model = self._ready_model(request.name, request.version)
+            model = self._ready(request.name, request.version).model
         except GreenroomError as err:
             context.set_code(_status(err))
             context.set_details(err.message)
@@ -241,10 +263,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=_tensor_metadata(model.outputs),
         )
 
-    async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        if request.ready and self.model is None:
+        if request.ready and self.serving is None:
             return pb.RepositoryIndexResponse()
         entry = pb.RepositoryIndexResponse.ModelIndex(
             name=self.name, version=self.version, state=self.state
@@ -252,14 +274,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryIndexResponse(models=[entry])
 
 
-def build_server(servicer: InferenceServicer, health_servicer: Any) -> Any:
-    """A grpc.aio server with inference, health and reflection (not yet bound)."""
-    server = grpc.aio.server(
+def build_server(servicer: InferenceServicer, health_servicer: Any, pool_threads: int) -> Any:
+    """A synchronous grpc server with inference, health and reflection (not yet bound)."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=pool_threads, thread_name_prefix="grpc"),
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be silently shared
-        ]
+        ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -300,40 +323,78 @@ def _announce(address: str) -> None:
     sys.stdout = sys.stderr
 
 
-async def _in_daemon_thread(fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a daemon thread: a load that hangs must not keep the process alive
-    after a stop request (executor threads are joined at exit; daemon threads are not)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    """The Python half of a caught signal: nothing; its byte on the wakeup fd is the news."""
 
-    def settle(result: T | None, exc: BaseException | None) -> None:
-        if future.done():
-            return
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
+
+class Wakeup:
+    """What the main thread sleeps on: a pipe that caught signals, the parent watch and
+    the model loader each write a byte to.
+
+    Not a threading.Event: Event.set in a signal handler deadlocks when the signal lands
+    while the main thread holds the Event's own (non-reentrant) lock inside Event.wait,
+    and a signal that the kernel delivers to one of grpc's threads would not interrupt
+    the main thread's wait at all. The pipe is the interpreter's signal wakeup fd, which
+    the C-level handler writes to from whichever thread the signal lands on.
+    """
+
+    LOADED = b"L"
+    STOP = b"S"
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)  # set_wakeup_fd requires it
+        self._stops = {self.STOP}
+
+    def catch_signals(self, *signums: int) -> None:
+        """Make these signals stop requests (main thread only, as ``signal`` requires)."""
+        signal.set_wakeup_fd(self._write)
+        for signum in signums:
+            signal.signal(signum, _ignore_signal)
+            self._stops.add(bytes([signum]))
+
+    def post(self, what: bytes) -> None:
+        with contextlib.suppress(BlockingIOError):  # full pipe: a wakeup is pending anyway
+            os.write(self._write, what)
+
+    def stop(self) -> None:
+        self.post(self.STOP)
+
+    def wait(self) -> bool:
+        """Sleep until a stop request (True) or the end of the load (False)."""
+        while True:
+            byte = os.read(self._read, 1)
+            if byte == self.LOADED:
+                return False
+            if byte in self._stops:
+                return True
+
+
+def _in_daemon_thread(fn: Callable[[], T], wakeup: Wakeup) -> Future[T]:
+    """Run ``fn`` in a daemon thread, posting LOADED when it ends: a load that hangs must
+    not keep the process alive after a stop request (daemon threads are not joined)."""
+    future: Future[T] = Future()
 
     def work() -> None:
         try:
-            result, exc = fn(), None
-        except BaseException as caught:
-            result, exc = None, caught
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, result, exc)
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+        finally:
+            wakeup.post(Wakeup.LOADED)
 
     threading.Thread(target=work, name="load-model", daemon=True).start()
-    return await future
+    return future
 
 
-async def _set_health(health_servicer: Any, name: str, serving: bool) -> None:
+def _set_health(health_servicer: Any, name: str, serving: bool) -> None:
     status = (
         health_pb2.HealthCheckResponse.SERVING
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
     for service in ("", name):
-        await health_servicer.set(service, status)
+        health_servicer.set(service, status)
 
 
 class Runner:
@@ -342,77 +403,71 @@ class Runner:
     def __init__(self, settings: RunnerSettings):
         self.settings = settings
         self.servicer = InferenceServicer(settings.name, settings.version)
-        self.health = health.aio.HealthServicer()
-        self.server = build_server(self.servicer, self.health)
+        self.health = health.HealthServicer()
+        # ``threads`` may only be known from model.yaml, read after listening: cap high.
+        pool_threads = POOL_SPARE + (settings.threads or MAX_THREADS)
+        self.server = build_server(self.servicer, self.health, pool_threads)
 
-    def _load(self) -> tuple[Model, int]:
-        """model.yaml (in the model directory), then the artifact; also the thread count."""
+    def _load(self) -> tuple[Model, RunnerOptions]:
+        """model.yaml (in the model directory), then the artifact; also the runner options,
+        ``threads`` from the command line when given there."""
         settings = self.settings
-        config: ModelConfig = load_model_config(settings.model_dir.parent)
+        config = load_model_config(settings.model_dir.parent)
         threads = settings.threads or config.runner.threads
-        runner = config.runner.model_copy(update={"threads": threads})
-        config = config.model_copy(update={"runner": runner})
+        options = config.runner.model_copy(update={"threads": threads})
+        config = config.model_copy(update={"runner": options})
         model = load_model(settings.model_dir, settings.name, settings.version, config)
-        return model, threads
+        return model, options
 
-    async def _listen(self) -> bool:
+    def _listen(self) -> bool:
         try:
             bound = bind_address(self.server, self.settings.address)
         except RuntimeError as exc:
             log.error("cannot listen", address=self.settings.address, error=str(exc))
             return False
-        await _set_health(self.health, self.settings.name, serving=False)
-        await self.server.start()
+        _set_health(self.health, self.settings.name, serving=False)
+        self.server.start()
         _announce(bound)
         log.info("listening; loading the model", address=bound, dir=str(self.settings.model_dir))
         return True
 
-    async def serve(self, stop: asyncio.Event) -> int:
-        """Listen, load, serve until ``stop`` is set; the process exit code."""
-        if not await self._listen():
+    def serve(self, wakeup: Wakeup) -> int:
+        """Listen, load, serve until ``wakeup`` says stop; the process exit code."""
+        if not self._listen():
             return EXIT_BIND_FAILED
-        stopping = asyncio.ensure_future(stop.wait())
-        loading = asyncio.ensure_future(_in_daemon_thread(self._load))
-        await asyncio.wait({stopping, loading}, return_when=asyncio.FIRST_COMPLETED)
-        if not loading.done():
-            loading.cancel()
-            await self.server.stop(None)
+        loading = _in_daemon_thread(self._load, wakeup)
+        if wakeup.wait():  # a stop request before the model loaded
+            self.server.stop(None).wait()
             return EXIT_OK
         try:
-            model, threads = loading.result()
+            model, options = loading.result()
         except Exception as exc:
             self.servicer.state = "UNAVAILABLE"
             log.error("model failed to load", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            await self.server.stop(None)
+            self.server.stop(None).wait()
             return EXIT_LOAD_FAILED
-        # Not a ``with``: its exit would wait for a predict that never returns.
-        executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
-        try:
-            await self._serve_until(stopping, model, executor, threads)
-        finally:
-            executor.shutdown(wait=False, cancel_futures=True)
+        self._start_serving(model, options)
+        while not wakeup.wait():
+            pass
+        log.info("stopping: finishing in-flight calls", grace_s=GRACE_S)
+        self.health.enter_graceful_shutdown()
+        self.server.stop(GRACE_S).wait()
         return EXIT_OK
 
-    async def _serve_until(
-        self,
-        stopping: asyncio.Future[Any],
-        model: Model,
-        executor: ThreadPoolExecutor,
-        threads: int,
-    ) -> None:
-        self.servicer.set_model(model, executor)
-        await _set_health(self.health, self.settings.name, serving=True)
-        inputs = [s.as_dict() for s in model.inputs]
-        outputs = [s.as_dict() for s in model.outputs]
+    def _start_serving(self, model: Model, options: RunnerOptions) -> None:
+        max_batch_size = default_max_batch_size(model, options.max_batch_size)
+        self.servicer.set_model(model, Batcher(model.predict, options.threads, max_batch_size))
+        _set_health(self.health, self.settings.name, serving=True)
         log.info(
-            "serving", platform=model.platform, threads=threads, inputs=inputs, outputs=outputs
+            "serving",
+            platform=model.platform,
+            threads=options.threads,
+            max_batch_size=max_batch_size,
+            inputs=[s.as_dict() for s in model.inputs],
+            outputs=[s.as_dict() for s in model.outputs],
         )
-        await stopping
-        log.info("stopping: finishing in-flight calls", grace_s=GRACE_S)
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(GRACE_S)
 
 
-async def serve(settings: RunnerSettings, stop: asyncio.Event) -> int:
-    """Run one runner until ``stop`` is set; the process exit code."""
-    return await Runner(settings).serve(stop)
+def serve(settings: RunnerSettings, wakeup: Wakeup) -> int:
+    """Run one runner until ``wakeup`` says stop; the process exit code."""
+    return Runner(settings).serve(wakeup)

@@ -14,6 +14,13 @@ The task is ``sklearn.base.is_classifier`` unless model.yaml says ``task``. mode
 ``inputs: [{name: text, datatype: BYTES, shape: [-1]}]``. Answers are exactly what the
 estimator's own methods return for the same array: no extra preprocessing happens here.
 The estimator takes one array, so pipelines that need a DataFrame are out of scope.
+
+Rows are independent, so concurrent requests are batched (runners.batching). The methods
+run under ``assume_finite=True``: scikit-learn's own finiteness check would otherwise
+run again on every call, and a NaN would surface as an opaque INTERNAL error (or fail a
+whole batch). Instead ``check`` refuses, per request and before merging, a float input
+holding NaN or infinity with INVALID_ARGUMENT; for an estimator that takes NaN as
+"missing" (HistGradientBoosting*, a pipeline starting with an imputer), only infinity.
 """
 
 from __future__ import annotations
@@ -25,9 +32,12 @@ from typing import Any
 import joblib
 import numpy as np
 import numpy.typing as npt
+import sklearn
+import sklearn.utils
 from sklearn.base import is_classifier
 from sklearn.pipeline import Pipeline
 
+from greenroom_client.errors import InvalidInput
 from greenroom_client.tensors import TensorSpec
 from runners.config import ConfigError, ModelConfig
 from runners.model import Arrays, Binding, Model, bind
@@ -79,10 +89,35 @@ def _native_input(estimator: Any, config: ModelConfig, where: str) -> TensorSpec
     return TensorSpec("input", "FP32", (-1, int(n_features) if n_features else -1))
 
 
+def _first_step(estimator: Any) -> Any:
+    """The estimator that sees the raw input: a pipeline's first real step, recursively."""
+    while isinstance(estimator, Pipeline):
+        steps = [step for _, step in estimator.steps if step not in (None, "passthrough")]
+        if not steps:
+            break
+        estimator = steps[0]
+    return estimator
+
+
+def _allows_nan(estimator: Any) -> bool:
+    """Whether the estimator takes NaN as "missing", after its scikit-learn tags. A
+    Pipeline's own tag always says no, so its first step is asked. Estimators without
+    tags (not scikit-learn's) are taken not to."""
+    first = _first_step(estimator)
+    try:
+        get_tags = getattr(sklearn.utils, "get_tags", None)
+        if get_tags is not None:  # scikit-learn >= 1.6
+            return bool(get_tags(first).input_tags.allow_nan)
+        return bool(first._get_tags().get("allow_nan", False))
+    except Exception:  # a third-party estimator with broken or missing tags
+        return False
+
+
 class SklearnModel(Model):
     """A fitted estimator; each output is one of its methods called on the input array."""
 
     platform = "sklearn"
+    row_wise = True
 
     def __init__(
         self,
@@ -91,10 +126,13 @@ class SklearnModel(Model):
         inputs: list[Binding],
         outputs: list[Binding],
         methods: dict[str, Method],
+        *,
+        allow_nan: bool = False,
     ):
         super().__init__(name, version, inputs, outputs)
         self._input = inputs[0].spec.name
         self._methods = {b.spec.name: methods[b.native] for b in outputs}
+        self._allow_nan = allow_nan
 
     @classmethod
     def load(cls, artifact: Path, name: str, version: str, config: ModelConfig) -> SklearnModel:
@@ -119,9 +157,22 @@ class SklearnModel(Model):
             bind([_native_input(estimator, config, where)], config.inputs, "inputs", yaml),
             bind(native, config.outputs, "outputs", yaml),
             methods,
+            allow_nan=_allows_nan(estimator),
         )
+
+    def check(self, inputs: Arrays) -> None:
+        """What scikit-learn's finiteness check would refuse, as INVALID_ARGUMENT."""
+        for name, array in inputs.items():
+            if array.dtype.kind != "f":
+                continue
+            if self._allow_nan:
+                if np.isinf(array).any():
+                    raise InvalidInput(name, "contains infinity")
+            elif not np.isfinite(array).all():
+                raise InvalidInput(name, "contains NaN or infinity")
 
     def predict(self, inputs: Arrays, outputs: Sequence[str] | None = None) -> Arrays:
         features = inputs[self._input]
         names = self._methods if outputs is None else outputs
-        return {name: self._methods[name](features) for name in names}
+        with sklearn.config_context(assume_finite=True):  # ``check`` did it, per request
+            return {name: self._methods[name](features) for name in names}
