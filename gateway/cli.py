@@ -4,6 +4,8 @@
     greenroom demo [--repo DIR] [--port P]
     greenroom models [--target HOST:PORT] [--json]
     greenroom infer MODEL --input NAME=JSON [--version V] [--id ID] [--target HOST:PORT] [--json]
+    greenroom deploy | deployment | history | promote | feedback | report | decide ...
+        (see gateway/cli_control.py)
 
 Client commands print a readable summary, or with ``--json`` one JSON document (for
 ``infer``, the V2 REST response shape). Errors print ``error: CODE: message`` on stderr
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway import logs
+from gateway import cli_control, logs
 from gateway.settings import GatewaySettings
 from greenroom_client import Client
 from greenroom_client.errors import GreenroomError, InvalidArgument
@@ -39,6 +41,7 @@ def _serve_args(parser: argparse.ArgumentParser, repo: Path | None) -> None:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--log-format", choices=["json", "console"], default=None)
     parser.add_argument("--max-message-bytes", type=int, default=None)
+    parser.add_argument("--database-url", default=None, help="default: SQLite in --data-dir")
 
 
 def _settings(args: argparse.Namespace) -> GatewaySettings:
@@ -51,6 +54,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
             "data_dir": args.data_dir,
             "log_format": args.log_format,
             "max_message_bytes": args.max_message_bytes,
+            "database_url": args.database_url,
         }.items()
         if value is not None
     }
@@ -179,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--target", default=DEFAULT_TARGET)
     infer.add_argument("--json", action="store_true")
     infer.set_defaults(func=cmd_infer)
+    cli_control.register(sub)
     return parser
 
 

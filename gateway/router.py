@@ -1,13 +1,18 @@
-"""Which runner answers a request: the named version, or the model's primary.
+"""Which runner answers a request, and which shadows get a copy.
 
-Routing is a plain lookup over the repository and the fleet; it knows nothing of gRPC.
-(Deployments with canaries and shadows build on this.)
+A request naming no version follows the model's deployment (primary, or canary by
+weight) and is copied to its sampled shadows; a request naming a version is served by
+that version as asked, with no shadow. Routing knows nothing of gRPC.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from gateway.deployments import Deployment, Role
+from gateway.recording import OutputRoles
 from gateway.repository import ModelEntry
 from gateway.supervisor import Runner, Signature
 from greenroom_client.errors import ModelNotFound, Unavailable, VersionNotFound
@@ -15,10 +20,24 @@ from greenroom_client.signature import check_inputs, check_outputs
 from greenroom_client.tensors import TensorSpec
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    runner: Runner
+    role: Role
+    shadows: list[str] = field(default_factory=list)
+
+
 class Router:
-    def __init__(self, models: dict[str, ModelEntry], runners: dict[tuple[str, str], Runner]):
+    def __init__(
+        self,
+        models: dict[str, ModelEntry],
+        runners: dict[tuple[str, str], Runner],
+        rng: random.Random | None = None,
+    ) -> None:
         self.models = models
         self.runners = runners
+        self.rng = rng or random.Random()
+        self.deployments = {name: Deployment(name, m.primary) for name, m in models.items()}
 
     def model(self, name: str) -> ModelEntry:
         entry = self.models.get(name)
@@ -26,16 +45,39 @@ class Router:
             raise ModelNotFound(name)
         return entry
 
+    def versions(self, name: str) -> list[str]:
+        return list(self.model(name).versions)
+
+    def deployment(self, name: str) -> Deployment:
+        self.model(name)
+        return self.deployments[name]
+
+    def set_deployment(self, deployment: Deployment) -> None:
+        """Takes effect for the next request; callers validate first."""
+        self.deployments[deployment.model] = deployment
+
     def resolve(self, name: str, version: str = "") -> Runner:
         """The runner for ``version``, or for the primary when ``version`` is empty."""
         model = self.model(name)
-        chosen = version or model.primary
+        chosen = version or self.deployments[name].primary
         if chosen not in model.versions:
             raise VersionNotFound(name, chosen, list(model.versions))
         return self.runners[(name, chosen)]
 
-    def versions(self, name: str) -> list[str]:
-        return list(self.model(name).versions)
+    def plan(self, name: str, version: str) -> Plan:
+        deployment = self.deployment(name)
+        if version:
+            return Plan(self.resolve(name, version), deployment.role_of(version) or "primary")
+        chosen, role = deployment.route(self.rng)
+        shadows = deployment.sample_shadows(self.rng) if deployment.shadows else []
+        return Plan(self.runners[(name, chosen)], role, shadows)
+
+    def output_roles(self, name: str) -> OutputRoles:
+        """Which outputs the ledger reads, from the primary's signature and model.yaml."""
+        config = self.model(name).config
+        runner = self.resolve(name)
+        outputs = runner.signature.outputs if runner.signature else []
+        return OutputRoles.infer(outputs, classes=config.classes)
 
 
 def signature_of(runner: Runner) -> Signature:

@@ -1,9 +1,11 @@
-"""The gateway process: gRPC server, runner fleet, health, reflection, graceful stop.
+"""The gateway process: gRPC server, runner fleet, ledger, health, reflection, graceful stop.
 
-Startup: scan the repository, start every runner, then report SERVING (health) and print
+Startup: scan the repository, open the ledger (migrating it), restore stored deployments,
+start every runner, then report SERVING (health) and print
 ``GREENROOM_GATEWAY_LISTENING host:port`` on stdout, which scripts and tests wait for.
 SIGTERM/SIGINT: health turns NOT_SERVING, new calls are refused, in-flight calls finish
-(up to ``shutdown_grace_s``), then runners are stopped and their processes reaped.
+(up to ``shutdown_grace_s``), shadow copies drain, the ledger writes everything it holds,
+then runners are stopped and their processes reaped.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.control import ControlPlane
+from gateway.control_servicer import CONTROL_SERVICES, add_control_servicers
+from gateway.ledger import Ledger
+from gateway.recording import OutputRoles, Recorder
 from gateway.repository import scan
 from gateway.router import Router
 from gateway.servicer import SERVICE, InferenceServicer, generic_handler
 from gateway.settings import GatewaySettings
+from gateway.shadow import ShadowFanout
 from gateway.supervisor import Fleet
 
 log = structlog.get_logger(__name__)
@@ -37,25 +44,60 @@ def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
     ]
 
 
+def open_ledger(settings: GatewaySettings) -> Ledger:
+    if settings.database_url:
+        return Ledger(settings.database_url, queue_rows=settings.ledger_queue_rows)
+    return Ledger.for_data_dir(settings.data_dir, queue_rows=settings.ledger_queue_rows)
+
+
+class RolesCache:
+    """Output roles per (model, version), computed once its signature is known."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self._cache: dict[tuple[str, str], OutputRoles] = {}
+
+    def __call__(self, model: str, version: str) -> OutputRoles:
+        key = (model, version)
+        roles = self._cache.get(key)
+        if roles is None:
+            runner = self.router.resolve(model, version)
+            outputs = runner.signature.outputs if runner.signature else []
+            roles = OutputRoles.infer(outputs, classes=self.router.model(model).config.classes)
+            if runner.signature is not None:
+                self._cache[key] = roles
+        return roles
+
+
 @dataclass
 class Gateway:
     settings: GatewaySettings
     server: grpc.aio.Server
     fleet: Fleet
+    ledger: Ledger
+    shadows: ShadowFanout
     health: health.aio.HealthServicer
     port: int
 
     @classmethod
     async def start(cls, settings: GatewaySettings) -> Gateway:
         models = scan(settings.repo)
+        ledger = open_ledger(settings)
+        await asyncio.to_thread(ledger.start)
         fleet = Fleet.for_models(models, settings)
-        servicer = InferenceServicer(Router(models, fleet.runners), settings)
+        router = Router(models, fleet.runners)
+        shadows = ShadowFanout(settings.shadow_limit, settings.shadow_deadline_s)
+        control = ControlPlane(router, ledger, shadows.drops)
+        await control.restore()
+        recorder = Recorder(ledger, RolesCache(router))
+        servicer = InferenceServicer(router, settings, shadows, recorder)
         server = grpc.aio.server(options=server_options(settings))
         server.add_generic_rpc_handlers((generic_handler(servicer),))
+        add_control_servicers(server, control)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE, *CONTROL_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         await server.start()
@@ -63,13 +105,16 @@ class Gateway:
         for service in ("", SERVICE):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("gateway serving", host=settings.host, port=port, models=sorted(models))
-        return cls(settings, server, fleet, health_servicer, port)
+        return cls(settings, server, fleet, ledger, shadows, health_servicer, port)
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_s)
+        await self.shadows.drain(timeout=self.settings.shadow_deadline_s)
+        await asyncio.sleep(0)  # let the last answers' recording callbacks run
+        await asyncio.to_thread(self.ledger.stop)
         await self.fleet.stop()
-        log.info("gateway stopped")
+        log.info("gateway stopped", ledger=self.ledger.stats)
 
 
 async def serve(settings: GatewaySettings) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,8 +20,10 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from gateway import wire
+from gateway.recording import Recorder
 from gateway.router import Router, check_request, signature_of
 from gateway.settings import GatewaySettings
+from gateway.shadow import ShadowFanout
 from gateway.supervisor import RunnerState
 from greenroom_client.errors import GreenroomError, InternalError, InvalidArgument, InvalidInput
 from greenroom_client.tensors import describe
@@ -78,9 +81,17 @@ def _size_problem(request: pb.ModelInferRequest, size: int, limit: int) -> Inval
 
 
 class InferenceServicer:
-    def __init__(self, router: Router, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        router: Router,
+        settings: GatewaySettings,
+        shadows: ShadowFanout,
+        recorder: Recorder,
+    ) -> None:
         self.router = router
         self.settings = settings
+        self.shadows = shadows
+        self.recorder = recorder
         self.version = importlib.metadata.version("greenroom")
 
     async def infer_bytes(self, raw: bytes, timeout: float) -> bytes:
@@ -89,15 +100,70 @@ class InferenceServicer:
             raise _size_problem(request, len(raw), self.settings.max_message_bytes)
         if not request.model_name:
             raise InvalidArgument("model_name is empty")
+        model, request_id = request.model_name, request.id
         structlog.contextvars.bind_contextvars(
-            model=request.model_name, version=request.model_version, request_id=request.id
+            model=model, version=request.model_version, request_id=request_id
         )
         specs = describe(request.inputs, request.raw_input_contents)
-        runner = self.router.resolve(request.model_name, request.model_version)
-        check_request(runner, specs, [out.name for out in request.outputs])
-        if not request.id:
-            raw = wire.with_string(raw, 3, str(uuid.uuid4()))
-        return await runner.infer(raw, timeout)
+        plan = self.router.plan(model, request.model_version)
+        check_request(plan.runner, specs, [out.name for out in request.outputs])
+        if not request_id:
+            request_id = str(uuid.uuid4())
+            raw = wire.with_string(raw, 3, request_id)
+        forward = raw
+
+        def fan_out() -> None:
+            self.shadows.fan_out(
+                model, plan.shadows, lambda v, t: self._shadow(request, request_id, v, forward, t)
+            )
+
+        version = plan.runner.entry.version
+        began = time.perf_counter()
+        try:
+            reply = await plan.runner.infer(raw, timeout, fan_out if plan.shadows else None)
+        except GreenroomError as exc:
+            latency = (time.perf_counter() - began) * 1e3
+            self.recorder.failed(
+                request,
+                request_id=request_id,
+                version=version,
+                role=plan.role,
+                latency_ms=latency,
+                status=exc.code,
+            )
+            raise
+        latency = (time.perf_counter() - began) * 1e3
+        self.recorder.answered(reply, model, version, plan.role, latency)
+        return reply
+
+    async def _shadow(
+        self,
+        request: pb.ModelInferRequest,
+        request_id: str,
+        version: str,
+        raw: bytes,
+        timeout: float,
+    ) -> bytes:
+        """One shadow copy, recorded whatever happens; its errors stay in the fan-out."""
+        model = request.model_name
+        began = time.perf_counter()
+        try:
+            reply = await self.router.resolve(model, version).infer(raw, timeout)
+        except Exception as exc:
+            latency = (time.perf_counter() - began) * 1e3
+            code = exc.code if isinstance(exc, GreenroomError) else "INTERNAL"
+            self.recorder.failed(
+                request,
+                request_id=request_id,
+                version=version,
+                role="shadow",
+                latency_ms=latency,
+                status=code,
+            )
+            raise
+        latency = (time.perf_counter() - began) * 1e3
+        self.recorder.answered(reply, model, version, "shadow", latency)
+        return reply
 
     # ---- RPCs -------------------------------------------------------------------------
 

@@ -34,6 +34,14 @@ class GatewaySettings(BaseSettings):
     # Deadline for one forwarded call when the client set none.
     default_deadline_s: float = Field(default=30.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # The ledger: SQLite in data_dir unless a URL is given (postgresql://... for several
+    # gateways sharing one ledger).
+    database_url: str | None = None
+    ledger_queue_rows: int = Field(default=200_000, gt=0)
+    # Shadow copies: at most this many in flight per shadow version (more are dropped and
+    # counted), each under its own deadline.
+    shadow_limit: int = Field(default=64, gt=0)
+    shadow_deadline_s: float = Field(default=5.0, gt=0)
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

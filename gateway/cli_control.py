@@ -1,0 +1,227 @@
+"""Control commands of the ``greenroom`` CLI: deployments, feedback, reports, decisions.
+
+    greenroom deploy MODEL --primary V [--canary V:WEIGHT] [--shadow V:FRACTION ...] [--reason TEXT]
+    greenroom deployment MODEL [--json]
+    greenroom history MODEL [--json]
+    greenroom promote MODEL V --reason TEXT [--old-primary-shadow FRACTION]
+    greenroom feedback MODEL --file labels.csv|labels.jsonl [--json]
+    greenroom report MODEL [--since 1h] [--json]
+    greenroom decide MODEL --candidate V [--min-pairs N] [--alpha A] [--sequential] [--json]
+
+Every command takes ``--target HOST:PORT`` (default 127.0.0.1:8001).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from greenroom_client.control import ControlClient
+from greenroom_client.errors import InvalidArgument
+
+DEFAULT_TARGET = "127.0.0.1:8001"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``7d`` as seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 15m, 1h, 7d)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def version_share(text: str) -> tuple[str, float]:
+    """``V:FRACTION`` as (version, fraction)."""
+    version, sep, share = text.rpartition(":")
+    try:
+        if not sep or not version:
+            raise ValueError
+        return version, float(share)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected VERSION:FRACTION, got {text!r}") from None
+
+
+def read_feedback(path: Path) -> list[tuple[str, int, str]]:
+    """All items of a csv (header request_id,row,label) or jsonl file, checked before any is
+    sent, so a malformed file changes nothing."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: {exc.strerror}") from None
+    items = _read_jsonl(path, text) if path.suffix == ".jsonl" else _read_csv(path, text)
+    if not items:
+        raise InvalidArgument(f"{path}: no feedback items")
+    return items
+
+
+def _item(path: Path, line: int, request_id: Any, row: Any, label: Any) -> tuple[str, int, str]:
+    where = f"{path}:{line}"
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidArgument(f"{where}: request_id is missing")
+    try:
+        index = int(row) if row not in (None, "") else 0
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{where}: row must be an integer, got {row!r}") from None
+    if index < 0:
+        raise InvalidArgument(f"{where}: row must not be negative")
+    if label is None or str(label) == "":
+        raise InvalidArgument(f"{where}: label is missing")
+    return request_id, index, str(label)
+
+
+def _read_csv(path: Path, text: str) -> list[tuple[str, int, str]]:
+    reader = csv.DictReader(text.splitlines())
+    missing = {"request_id", "label"} - set(reader.fieldnames or [])
+    if missing:
+        raise InvalidArgument(
+            f"{path}: csv header needs request_id,row,label (missing {sorted(missing)})"
+        )
+    return [
+        _item(path, n, rec.get("request_id"), rec.get("row"), rec.get("label"))
+        for n, rec in enumerate(reader, start=2)
+    ]
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[str, int, str]]:
+    items = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise InvalidArgument(f"{path}:{n}: expected an object")
+        items.append(_item(path, n, rec.get("request_id"), rec.get("row"), rec.get("label")))
+    return items
+
+
+def _print(body: Any, as_json: bool, human: Callable[[Any], str]) -> int:
+    print(json.dumps(body, indent=2) if as_json else human(body))
+    return 0
+
+
+def _deployment_text(d: dict[str, Any]) -> str:
+    canary = (
+        f"  canary {d['canary']['version']} at {d['canary']['weight']:g}" if d["canary"] else ""
+    )
+    shadows = "".join(f"  shadow {s['version']} at {s['fraction']:g}" for s in d["shadows"])
+    return f"{d['model']}: primary {d['primary']}{canary}{shadows}"
+
+
+def _report_text(r: dict[str, Any]) -> str:
+    lines = [f"{r['model']} ({r['task']})"]
+    for v in r["versions"]:
+        acc = "-" if v["accuracy"] is None else f"{v['accuracy']:.4f}"
+        p99 = "-" if v["p99_ms"] is None else f"{v['p99_ms']:.2f} ms"
+        lines.append(
+            f"  v{v['version']:<6} {v['role'] or '-':<8} predictions {v['predictions']:<7} "
+            f"labelled {v['labelled']:<7} accuracy {acc:<8} p99 {p99}"
+        )
+    ledger = r["ledger"]
+    lines.append(f"  ledger: {ledger['recorded']} recorded, {ledger['dropped']} dropped")
+    return "\n".join(lines)
+
+
+def _decision_text(d: dict[str, Any]) -> str:
+    head = (
+        f"{d['decision'].upper()}: {d['candidate']} vs primary {d['primary']}, {d['pairs']} pairs"
+    )
+    return "\n".join([head, *(f"  - {reason}" for reason in d["reasons"])])
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    with ControlClient(args.target) as control:
+        body = control.deploy(
+            args.model, args.primary, canary=args.canary, shadows=dict(args.shadow or []),
+            reason=args.reason,
+        )  # fmt: skip
+    return _print(body, args.json, _deployment_text)
+
+
+def cmd_deployment(args: argparse.Namespace) -> int:
+    with ControlClient(args.target) as control:
+        return _print(control.deployment(args.model), args.json, _deployment_text)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    with ControlClient(args.target) as control:
+        entries = control.history(args.model)
+
+    def text(rows: list[dict[str, Any]]) -> str:
+        return "\n".join(
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['at']))} [{e['actor']}] "
+            f"{_deployment_text(e['deployment'])}  ({e['reason'] or 'no reason given'})"
+            for e in rows
+        )
+
+    return _print(entries, args.json, text)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    with ControlClient(args.target) as control:
+        body = control.promote(args.model, args.version, args.reason, args.old_primary_shadow)
+    return _print(body, args.json, _deployment_text)
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    items = read_feedback(args.file)
+    with ControlClient(args.target) as control:
+        body = control.feedback(args.model, items)
+    return _print(body, args.json, lambda b: ", ".join(f"{k} {v}" for k, v in b.items()))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    with ControlClient(args.target) as control:
+        return _print(control.report(args.model, args.since), args.json, _report_text)
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    with ControlClient(args.target) as control:
+        body = control.decide(
+            args.model, args.candidate, min_pairs=args.min_pairs, alpha=args.alpha,
+            sequential=args.sequential or None,
+        )  # fmt: skip
+    return _print(body, args.json, _decision_text)
+
+
+def _command(
+    sub: Any, name: str, help_text: str, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    parser.add_argument("model")
+    parser.add_argument("--target", default=DEFAULT_TARGET)
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=func)
+    return parser
+
+
+def register(sub: Any) -> None:
+    deploy = _command(sub, "deploy", "set a model's primary, canary and shadows", cmd_deploy)
+    deploy.add_argument("--primary", required=True)
+    deploy.add_argument("--canary", type=version_share, metavar="V:WEIGHT")
+    deploy.add_argument("--shadow", type=version_share, action="append", metavar="V:FRACTION")
+    deploy.add_argument("--reason", default="")
+    _command(sub, "deployment", "show a model's deployment", cmd_deployment)
+    _command(sub, "history", "every deployment change of a model", cmd_history)
+    promote = _command(sub, "promote", "make a version the primary", cmd_promote)
+    promote.add_argument("version")
+    promote.add_argument("--reason", required=True)
+    promote.add_argument("--old-primary-shadow", type=float, default=None, metavar="FRACTION")
+    feedback = _command(sub, "feedback", "send ground truth from a csv or jsonl file", cmd_feedback)
+    feedback.add_argument("--file", type=Path, required=True)
+    report = _command(sub, "report", "accuracy and latency per version", cmd_report)
+    report.add_argument("--since", type=duration, default=0.0, metavar="DURATION")
+    decide = _command(sub, "decide", "the promotion test for a candidate", cmd_decide)
+    decide.add_argument("--candidate", required=True)
+    decide.add_argument("--min-pairs", type=int, default=None)
+    decide.add_argument("--alpha", type=float, default=None)
+    decide.add_argument("--sequential", action="store_true")

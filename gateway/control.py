@@ -1,0 +1,166 @@
+"""The control plane: deployments, feedback, reports and promotion decisions.
+
+Plain domain code over the router, the ledger and the statistics; the gRPC servicer and
+the CLI are thin layers on top. Database work is blocking, so every call that touches the
+ledger runs in a worker thread, never on the event loop that answers inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from gateway.decision import Decision, ErrorPair, Guardrails, Pair, Policy, decide
+from gateway.deployments import Deployment
+from gateway.evaluation import Scored, Task, VersionMetrics, evaluate
+from gateway.ledger import FeedbackResult, HistoryEntry, LabelledRow, Ledger, LedgerStats, PairedRow
+from gateway.router import Router
+from greenroom_client.errors import InvalidArgument
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionReport:
+    version: str
+    role: str
+    metrics: VersionMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    model: str
+    task: Task
+    versions: list[VersionReport]
+    ledger: LedgerStats
+    shadow_drops: dict[str, int]
+
+
+def _scored(row: LabelledRow, task: Task) -> Scored:
+    predicted: str | float | None = row.label if task == "classification" else row.value
+    truth: str | float | None = row.truth
+    if task == "regression" and row.truth is not None:
+        truth = _number(row.truth)
+    # Probabilities without class names cannot be scored (no log loss then).
+    known = row.classes is not None and row.probabilities is not None
+    return Scored(
+        predicted=predicted,
+        truth=truth,
+        probabilities=row.probabilities if known else None,
+        classes=row.classes if known else None,
+        latency_ms=row.latency_ms,
+        ok=row.status == "OK",
+    )
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _pair(row: PairedRow, task: Task) -> Pair | ErrorPair | None:
+    if task == "classification":
+        return Pair(row.primary_label == row.truth, row.candidate_label == row.truth)
+    truth = _number(row.truth)
+    if truth is None or row.primary_value is None or row.candidate_value is None:
+        return None
+    return ErrorPair(abs(row.primary_value - truth), abs(row.candidate_value - truth))
+
+
+class ControlPlane:
+    def __init__(self, router: Router, ledger: Ledger, shadow_drops: Any = None) -> None:
+        self.router = router
+        self.ledger = ledger
+        self._shadow_drops = shadow_drops
+        self._lock = asyncio.Lock()  # one deployment change at a time
+
+    # ---- deployments -------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Stored deployments win over model.yaml defaults, if their versions still exist."""
+        for name in self.router.models:
+            stored = await asyncio.to_thread(self.ledger.deployment, name)
+            if stored is None:
+                continue
+            try:
+                deployment = Deployment.from_dict(stored)
+                deployment.validate(self.router.versions(name))
+            except Exception as exc:
+                log.error("stored deployment ignored", model=name, error=str(exc))
+                continue
+            self.router.set_deployment(deployment)
+
+    async def set_deployment(self, deployment: Deployment, reason: str, actor: str) -> Deployment:
+        deployment.validate(self.router.versions(deployment.model))
+        async with self._lock:
+            await asyncio.to_thread(
+                self.ledger.save_deployment, deployment.model, deployment.as_dict(), reason, actor
+            )
+            self.router.set_deployment(deployment)
+        log.info("deployment changed", model=deployment.model, reason=reason, actor=actor)
+        return deployment
+
+    async def promote(
+        self, model: str, version: str, reason: str, old_primary_fraction: float, actor: str
+    ) -> Deployment:
+        current = self.router.deployment(model)
+        return await self.set_deployment(
+            current.promoted(version, old_primary_fraction), reason, actor
+        )
+
+    async def history(self, model: str) -> list[HistoryEntry]:
+        self.router.model(model)
+        return await asyncio.to_thread(self.ledger.history, model)
+
+    # ---- feedback ----------------------------------------------------------------------
+
+    async def feedback(self, model: str, items: list[tuple[str, int, str]]) -> FeedbackResult:
+        self.router.model(model)
+        try:
+            return await asyncio.to_thread(self.ledger.add_feedback, model, items)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+
+    # ---- evaluation --------------------------------------------------------------------
+
+    def task(self, model: str) -> Task:
+        configured = self.router.model(model).config.task
+        if configured == "classification" or configured == "regression":  # noqa: PLR1714 (narrows)
+            return configured
+        return "regression" if self.router.output_roles(model).value else "classification"
+
+    async def report(self, model: str, since_s: float) -> Report:
+        task = self.task(model)
+        since = time.time() - since_s if since_s > 0 else None
+        rows = await asyncio.to_thread(self.ledger.rows, model, since)
+        by_version: dict[str, list[Scored]] = defaultdict(list)
+        for row in rows:
+            by_version[row.version].append(_scored(row, task))
+        deployment = self.router.deployment(model)
+        versions = [
+            VersionReport(v, deployment.role_of(v) or "", evaluate(by_version.get(v, []), task))
+            for v in self.router.versions(model)
+        ]
+        drops = self._shadow_drops(model) if self._shadow_drops else {}
+        return Report(model, task, versions, self.ledger.stats, drops)
+
+    async def decide(self, model: str, candidate: str, policy: Policy, since_s: float) -> Decision:
+        task = self.task(model)
+        primary = self.router.deployment(model).primary
+        if candidate == primary:
+            raise InvalidArgument(f"version {candidate} is already the primary of '{model}'")
+        self.router.resolve(model, candidate)  # NOT_FOUND for an unknown version
+        since = time.time() - since_s if since_s > 0 else None
+        paired = await asyncio.to_thread(self.ledger.pairs, model, primary, candidate, since)
+        pairs = [p for p in (_pair(row, task) for row in paired) if p is not None]
+        report = await self.report(model, since_s)
+        metrics = {v.version: v.metrics for v in report.versions}
+        guardrails = Guardrails.from_metrics(metrics[primary], metrics[candidate])
+        return await asyncio.to_thread(decide, task, pairs, guardrails, policy)  # type: ignore[arg-type]

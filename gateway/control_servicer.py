@@ -1,0 +1,209 @@
+"""greenroom.v1 control services at the gateway's edge: convert, call the control plane,
+convert back. Errors leave through the same ``edge`` translation as inference."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from gateway.control import ControlPlane, Report
+from gateway.decision import Decision, Policy
+from gateway.deployments import Canary, Deployment, Shadow
+from gateway.servicer import edge
+from greenroom_client.errors import InvalidArgument
+from greenroom_proto.greenroom.v1 import control_pb2 as cpb
+from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
+
+CONTROL_SERVICES = tuple(
+    cpb.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("Deployments", "Feedback", "Evaluation")
+)
+
+
+def deployment_to_pb(d: Deployment) -> cpb.Deployment:
+    message = cpb.Deployment(model=d.model, primary=d.primary)
+    if d.canary is not None:
+        message.canary.CopyFrom(cpb.Canary(version=d.canary.version, weight=d.canary.weight))
+    message.shadows.extend(cpb.Shadow(version=s.version, fraction=s.fraction) for s in d.shadows)
+    return message
+
+
+def deployment_from_pb(m: cpb.Deployment) -> Deployment:
+    canary = Canary(m.canary.version, m.canary.weight) if m.HasField("canary") else None
+    shadows = tuple(Shadow(s.version, s.fraction) for s in m.shadows)
+    return Deployment(m.model, m.primary, canary, shadows)
+
+
+def _optional(message: Any, **values: float | None) -> None:
+    for name, value in values.items():
+        if value is not None:
+            setattr(message, name, value)
+
+
+def report_to_pb(report: Report) -> cpb.ReportResponse:
+    versions = []
+    for v in report.versions:
+        m = v.metrics
+        message = cpb.VersionReport(
+            version=v.version,
+            role=v.role,
+            predictions=m.predictions,
+            errors=m.errors,
+            labelled=m.labelled,
+        )
+        _optional(
+            message, error_rate=m.error_rate, accuracy=m.accuracy, log_loss=m.log_loss,
+            mae=m.mae, rmse=m.rmse, p50_ms=m.latency_p50_ms, p99_ms=m.latency_p99_ms,
+        )  # fmt: skip
+        for name, c in (m.per_class or {}).items():
+            entry = message.classes[name]
+            entry.support = c.support
+            _optional(entry, precision=c.precision, recall=c.recall)
+        versions.append(message)
+    s = report.ledger
+    ledger = cpb.LedgerStats(
+        recorded=s.recorded, queued=s.queued, dropped=s.dropped, failed=s.failed,
+        shadow_drops=report.shadow_drops, last_error=s.last_error or "",
+    )  # fmt: skip
+    return cpb.ReportResponse(
+        model=report.model, task=report.task, versions=versions, ledger=ledger
+    )
+
+
+def decision_to_pb(model: str, primary: str, candidate: str, d: Decision) -> cpb.Decision:
+    message = cpb.Decision(
+        model=model,
+        primary=primary,
+        candidate=candidate,
+        decision=d.decision,
+        pairs=d.pairs,
+        discordant=cpb.Discordant(
+            primary_only=d.discordant["primary_only"], candidate_only=d.discordant["candidate_only"]
+        ),
+        reasons=list(d.reasons),
+    )
+    _optional(
+        message, primary_accuracy=d.primary_accuracy, candidate_accuracy=d.candidate_accuracy,
+        p_value=d.p_value, primary_mae=d.primary_mae, candidate_mae=d.candidate_mae,
+        e_value=d.e_value,
+    )  # fmt: skip
+    if d.interval is not None:
+        message.interval_low, message.interval_high = d.interval
+    return message
+
+
+class DeploymentsServicer(cpb_grpc.DeploymentsServicer):
+    def __init__(self, control: ControlPlane) -> None:
+        self.control = control
+
+    @edge
+    async def GetDeployment(self, request: cpb.GetDeploymentRequest, _: Any) -> cpb.Deployment:
+        return deployment_to_pb(self.control.router.deployment(request.model))
+
+    @edge
+    async def SetDeployment(self, request: cpb.SetDeploymentRequest, _: Any) -> cpb.Deployment:
+        deployment = deployment_from_pb(request.deployment)
+        self.control.router.model(deployment.model)
+        changed = await self.control.set_deployment(deployment, request.reason, "api")
+        return deployment_to_pb(changed)
+
+    @edge
+    async def GetHistory(self, request: cpb.GetHistoryRequest, _: Any) -> cpb.History:
+        entries = await self.control.history(request.model)
+        return cpb.History(
+            model=request.model,
+            entries=[
+                cpb.HistoryEntry(
+                    at=e.at,
+                    deployment=deployment_to_pb(Deployment.from_dict(e.spec)),
+                    reason=e.reason,
+                    actor=e.actor,
+                )
+                for e in entries
+            ],
+        )
+
+    @edge
+    async def Promote(self, request: cpb.PromoteRequest, _: Any) -> cpb.Deployment:
+        fraction = (
+            request.old_primary_shadow_fraction
+            if request.HasField("old_primary_shadow_fraction")
+            else self.control.router.model(
+                request.model
+            ).config.promotion.old_primary_shadow_fraction
+        )
+        if not request.reason:
+            raise InvalidArgument("a promotion needs a reason")
+        changed = await self.control.promote(
+            request.model, request.version, request.reason, fraction, "api"
+        )
+        return deployment_to_pb(changed)
+
+
+def _items(batch: cpb.FeedbackBatch) -> list[tuple[str, int, str]]:
+    return [(item.request_id, item.row, item.label) for item in batch.items]
+
+
+class FeedbackServicer(cpb_grpc.FeedbackServicer):
+    def __init__(self, control: ControlPlane) -> None:
+        self.control = control
+
+    @edge
+    async def SendFeedback(self, request: cpb.FeedbackBatch, _: Any) -> cpb.FeedbackResult:
+        result = await self.control.feedback(request.model, _items(request))
+        return cpb.FeedbackResult(
+            accepted=result.accepted, matched=result.matched,
+            unmatched=result.unmatched, duplicates=result.duplicates,
+        )  # fmt: skip
+
+    async def StreamFeedback(
+        self, requests: AsyncIterator[cpb.FeedbackBatch], context: grpc.aio.ServicerContext
+    ) -> cpb.FeedbackResult:
+        total = cpb.FeedbackResult()
+        async for batch in requests:
+            one = await self.SendFeedback(batch, context)
+            total.accepted += one.accepted
+            total.matched += one.matched
+            total.unmatched += one.unmatched
+            total.duplicates += one.duplicates
+        return total
+
+
+class EvaluationServicer(cpb_grpc.EvaluationServicer):
+    def __init__(self, control: ControlPlane) -> None:
+        self.control = control
+
+    @edge
+    async def Report(self, request: cpb.ReportRequest, _: Any) -> cpb.ReportResponse:
+        if request.since_seconds < 0:
+            raise InvalidArgument("since_seconds must not be negative")
+        return report_to_pb(await self.control.report(request.model, request.since_seconds))
+
+    @edge
+    async def Decide(self, request: cpb.DecideRequest, _: Any) -> cpb.Decision:
+        configured = self.control.router.model(request.model).config.promotion
+        try:
+            policy = Policy(
+                min_pairs=request.min_pairs
+                if request.HasField("min_pairs")
+                else configured.min_pairs,
+                alpha=request.alpha if request.HasField("alpha") else configured.alpha,
+                max_error_rate=configured.max_error_rate,
+                max_p99_ratio=configured.max_p99_ratio,
+                sequential=request.sequential if request.HasField("sequential") else False,
+            )
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        primary = self.control.router.deployment(request.model).primary
+        decision = await self.control.decide(
+            request.model, request.candidate, policy, request.since_seconds
+        )
+        return decision_to_pb(request.model, primary, request.candidate, decision)
+
+
+def add_control_servicers(server: grpc.aio.Server, control: ControlPlane) -> None:
+    cpb_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(control), server)
+    cpb_grpc.add_FeedbackServicer_to_server(FeedbackServicer(control), server)
+    cpb_grpc.add_EvaluationServicer_to_server(EvaluationServicer(control), server)
