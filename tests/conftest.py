@@ -24,21 +24,16 @@ GREENROOM = [sys.executable, "-m", "gateway.cli"]
 class GatewayProcess:
     """``greenroom serve`` on port 0, started and stopped as a user would."""
 
-    def __init__(self, repo: Path, data_dir: Path, *extra: str) -> None:
+    def __init__(
+        self, repo: Path, data_dir: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
+        command = [*GREENROOM, "serve", "--repo", str(repo), "--port", "0"]
+        self.data_dir = data_dir
         self.proc = subprocess.Popen(
-            [
-                *GREENROOM,
-                "serve",
-                "--repo",
-                str(repo),
-                "--port",
-                "0",
-                "--data-dir",
-                str(data_dir),
-                *extra,
-            ],
+            [*command, "--data-dir", str(data_dir), *extra],
             stdout=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         self.target = self._wait_listening(timeout=120)
         self.pid = self.proc.pid

@@ -53,7 +53,10 @@ def cli_json(*args: str) -> Any:
 def test_shadow_feedback_report_decide_promote(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     x, y, models = build(repo)
-    gateway = GatewayProcess(repo, tmp_path / "data")
+    # The client below sends as fast as the primary answers, and two shadows triple the work
+    # on 2 cores: their copies fall behind. Room for all of them keeps every row paired;
+    # dropping copies under saturation is tested in test_control.py.
+    gateway = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_SHADOW_LIMIT": "2000"})
     try:
         target = gateway.target
         cli_json("deploy", "churn", "--primary", "1", "--shadow", "2:1.0", "--shadow", "3:1.0",
