@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TRITON_VENV := .venv-tritonclient
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint proto proto-check bench clean tritonclient
+.PHONY: install run test lint proto proto-check bench clean tritonclient postgres
 
 install: $(STAMP)
 
@@ -24,10 +24,15 @@ $(TRITON_VENV)/.installed: tests/tritonclient-requirements.txt
 	$(TRITON_VENV)/bin/python -m pip install -q -r tests/tritonclient-requirements.txt
 	touch $@
 
+# PostgreSQL server binaries for the ledger's PostgreSQL tests (Debian's package; the
+# tests start a throwaway cluster of their own). Does nothing when they are there.
+postgres:
+	bash .ci/postgres.sh
+
 run: install
 	$(VENV)/bin/greenroom demo
 
-test: install tritonclient
+test: install tritonclient postgres
 	GREENROOM_TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) -m pytest -q
 
 lint: install

@@ -42,6 +42,10 @@ def _serve_args(parser: argparse.ArgumentParser, repo: Path | None) -> None:
     parser.add_argument("--log-format", choices=["json", "console"], default=None)
     parser.add_argument("--max-message-bytes", type=int, default=None)
     parser.add_argument("--database-url", default=None, help="default: SQLite in --data-dir")
+    parser.add_argument(
+        "--no-record", dest="record_predictions", action="store_false", default=None,
+        help="do not record answers in the ledger",
+    )  # fmt: skip
 
 
 def _settings(args: argparse.Namespace) -> GatewaySettings:
@@ -55,6 +59,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
             "log_format": args.log_format,
             "max_message_bytes": args.max_message_bytes,
             "database_url": args.database_url,
+            "record_predictions": args.record_predictions,
         }.items()
         if value is not None
     }

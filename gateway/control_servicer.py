@@ -64,8 +64,9 @@ def report_to_pb(report: Report) -> cpb.ReportResponse:
         versions.append(message)
     s = report.ledger
     ledger = cpb.LedgerStats(
-        recorded=s.recorded, queued=s.queued, dropped=s.dropped, failed=s.failed,
-        shadow_drops=report.shadow_drops, last_error=s.last_error or "",
+        recorded=s.recorded_rows, recorded_answers=s.recorded_answers, queued=s.queued,
+        dropped=s.dropped, failed=s.failed, shadow_drops=report.shadow_drops,
+        last_error=s.last_error or "",
     )  # fmt: skip
     return cpb.ReportResponse(
         model=report.model, task=report.task, versions=versions, ledger=ledger

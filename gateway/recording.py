@@ -1,16 +1,17 @@
-"""Answers as ledger rows: which output is the label, the value, the probabilities.
+"""Answers as ledger records: which output is the label, the value, the probabilities.
 
-By default a classifier's ``label`` output is the predicted class, ``probabilities``
-its scores (columns in the order of ``classes`` when known) and a regressor's
-``prediction`` its value; model.yaml may name other outputs. Conversion runs after the
-client has its answer, never on the way to it.
+By default a classifier's ``label`` output is the predicted class, ``probabilities`` its
+scores (columns in the order of model.yaml's ``classes``, or of the ``classes``
+parameter a runner puts on that output) and a regressor's ``prediction`` its value.
+
+The event loop only queues the serialized reply (``Pending``, O(1)); the ledger's writer
+thread turns it into an ``Answer`` with ``to_answer``, so recording a 1,000-row answer
+costs the answer path nothing but an append.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,13 +19,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import structlog
 
-from gateway.ledger import Ledger, Prediction
+from gateway.ledger import Answer, Ledger, Role
 from greenroom_client.tensors import TensorSpec, decode
 from greenroom_proto.inference import grpc_service_pb2 as pb
-
-log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,47 +34,47 @@ class OutputRoles:
 
     @classmethod
     def infer(
-        cls,
-        outputs: Sequence[TensorSpec],
-        *,
-        label: str | None = None,
-        value: str | None = None,
-        probabilities: str | None = None,
-        classes: Sequence[str] | None = None,
+        cls, outputs: Sequence[TensorSpec], classes: Sequence[str] | None = None
     ) -> OutputRoles:
         names = {spec.name for spec in outputs}
 
-        def pick(explicit: str | None, default: str) -> str | None:
-            if explicit is not None:
-                return explicit
-            return default if default in names else None
+        def present(name: str) -> str | None:
+            return name if name in names else None
 
         return cls(
-            pick(label, "label"),
-            pick(value, "prediction"),
-            pick(probabilities, "probabilities"),
+            present("label"),
+            present("prediction"),
+            present("probabilities"),
             None if classes is None else tuple(classes),
         )
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What the answer path hands the ledger: the reply as it came, and its context."""
+
+    model: str
+    version: str
+    role: Role
+    request_id: str
+    latency_ms: float
+    roles: OutputRoles
+    created_at: float
+    reply: bytes | None = None  # None: the call failed
+    status: str = "OK"
+    request_rows: int = 1  # for a failed call, the rows the request had
 
 
-def _column(arrays: dict[str, npt.NDArray[Any]], name: str | None, rows: int) -> list[Any] | None:
-    if name is None or name not in arrays:
-        return None
-    array = arrays[name]
-    if array.ndim == 0 or array.shape[0] != rows:
-        return None
-    return list(array.reshape(rows, -1)[:, 0]) if array.ndim > 1 else list(array)
+def _texts(array: npt.NDArray[Any]) -> tuple[str, ...]:
+    flat = array.reshape(array.shape[0], -1)[:, 0] if array.ndim > 1 else array
+    if flat.dtype == object:
+        return tuple(x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in flat)
+    if flat.dtype.kind == "f" and np.all(np.mod(flat, 1) == 0):
+        flat = flat.astype(np.int64)
+    return tuple(flat.astype(str).tolist())
 
 
-def _classes_of(response: pb.ModelInferResponse, roles: OutputRoles) -> tuple[str, ...] | None:
+def _classes(response: pb.ModelInferResponse, roles: OutputRoles) -> tuple[str, ...] | None:
     """model.yaml's classes, else the ``classes`` parameter a runner puts on probabilities."""
     if roles.classes is not None or roles.probabilities is None:
         return roles.classes
@@ -86,111 +84,57 @@ def _classes_of(response: pb.ModelInferResponse, roles: OutputRoles) -> tuple[st
     return None
 
 
-def rows_from_reply(
-    reply: bytes, *, model: str, version: str, role: str, latency_ms: float, roles: OutputRoles
-) -> list[Prediction]:
-    """One ledger row per answered row of a serialized ModelInferResponse."""
-    response = pb.ModelInferResponse.FromString(reply)
+def to_answer(item: Pending) -> Answer:
+    """Runs in the ledger's writer thread, never on the event loop."""
+    if item.reply is None:
+        return Answer(
+            request_id=item.request_id, model=item.model, version=item.version, role=item.role,
+            rows=item.request_rows, labels=None, values=None, probabilities=None, classes=None,
+            latency_ms=item.latency_ms, status=item.status, created_at=item.created_at,
+        )  # fmt: skip
+    response = pb.ModelInferResponse.FromString(item.reply)
     arrays = decode(response.outputs, response.raw_output_contents)
+    roles = item.roles
     first = next(iter(arrays.values()), None)
     rows = int(first.shape[0]) if first is not None and first.ndim > 0 else 1
-    labels = _column(arrays, roles.label, rows)
-    values = _column(arrays, roles.value, rows)
+    label = arrays.get(roles.label) if roles.label else None
+    value = arrays.get(roles.value) if roles.value else None
     proba = arrays.get(roles.probabilities) if roles.probabilities else None
-    classes = _classes_of(response, roles)
-    now = time.time()
-    out = []
-    for i in range(rows):
-        value = None if values is None else float(values[i])
-        out.append(
-            Prediction(
-                request_id=response.id,
-                row=i,
-                model=model,
-                version=version,
-                role=role,  # type: ignore[arg-type]
-                label=None if labels is None else _text(labels[i]),
-                value=None if value is None or math.isnan(value) else value,
-                probabilities=None if proba is None else tuple(np.asarray(proba[i], float).ravel()),
-                classes=classes,
-                latency_ms=latency_ms,
-                status="OK",
-                created_at=now,
-            )
-        )
-    return out
-
-
-def rows_from_failure(
-    request: pb.ModelInferRequest,
-    *,
-    request_id: str,
-    role: str,
-    latency_ms: float,
-    status: str,
-    version: str,
-) -> list[Prediction]:
-    """A failed call still leaves its rows in the ledger: the error rate needs them."""
-    shapes = [tuple(t.shape) for t in request.inputs if t.shape]
-    rows = int(shapes[0][0]) if shapes and shapes[0] and shapes[0][0] > 0 else 1
-    now = time.time()
-    return [
-        Prediction(
-            request_id=request_id,
-            row=i,
-            model=request.model_name,
-            version=version,
-            role=role,  # type: ignore[arg-type]
-            label=None,
-            value=None,
-            probabilities=None,
-            classes=None,
-            latency_ms=latency_ms,
-            status=status,
-            created_at=now,
-        )
-        for i in range(min(rows, 100_000))
-    ]
+    return Answer(
+        request_id=response.id or item.request_id,
+        model=item.model,
+        version=item.version,
+        role=item.role,
+        rows=rows,
+        labels=None if label is None else _texts(label),
+        values=None if value is None else tuple(np.asarray(value, float).reshape(rows, -1)[:, 0]),
+        probabilities=None if proba is None else np.asarray(proba, np.float64).reshape(rows, -1),
+        classes=_classes(response, roles),
+        latency_ms=item.latency_ms,
+        status="OK",
+        created_at=item.created_at,
+    )
 
 
 class Recorder:
-    """Turns answers into ledger rows after the client has its answer.
+    """Queues answers for the ledger; the conversion happens in the ledger's thread."""
 
-    Conversions are queued and run in one loop callback per tick, so a burst of answers
-    costs one scheduling, and no conversion runs before the answer it records is returned.
-    """
-
-    def __init__(self, ledger: Ledger, roles: Callable[[str, str], OutputRoles]) -> None:
+    def __init__(
+        self, ledger: Ledger, roles: Callable[[str, str], OutputRoles], enabled: bool = True
+    ) -> None:
         self.ledger = ledger
         self.roles = roles
-        self._pending: list[Callable[[], list[Prediction]]] = []
-        self.failed_conversions = 0
-
-    def _defer(self, convert: Callable[[], list[Prediction]]) -> None:
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._drain)
-        self._pending.append(convert)
-
-    def _drain(self) -> None:
-        pending, self._pending = self._pending, []
-        rows: list[Prediction] = []
-        for convert in pending:
-            try:
-                rows.extend(convert())
-            except Exception:  # a malformed answer must not stop the others being recorded
-                self.failed_conversions += 1
-                log.exception("could not record an answer")
-        self.ledger.record(rows)
+        self.enabled = enabled
 
     def answered(
-        self, reply: bytes, model: str, version: str, role: str, latency_ms: float
+        self, reply: bytes, model: str, version: str, role: Role, latency_ms: float
     ) -> None:
-        roles = self.roles(model, version)
-        self._defer(
-            lambda: rows_from_reply(
-                reply, model=model, version=version, role=role, latency_ms=latency_ms, roles=roles
-            )
+        if not self.enabled:
+            return
+        pending = Pending(
+            model, version, role, "", latency_ms, self.roles(model, version), time.time(), reply
         )
+        self.ledger.record(pending, weight=len(reply))
 
     def failed(
         self,
@@ -198,17 +142,17 @@ class Recorder:
         *,
         request_id: str,
         version: str,
-        role: str,
+        role: Role,
         latency_ms: float,
         status: str,
     ) -> None:
-        self._defer(
-            lambda: rows_from_failure(
-                request,
-                request_id=request_id,
-                role=role,
-                latency_ms=latency_ms,
-                status=status,
-                version=version,
-            )
-        )
+        if not self.enabled:
+            return
+        shape = request.inputs[0].shape if request.inputs else []
+        rows = int(shape[0]) if shape and shape[0] > 0 else 1
+        roles = self.roles(request.model_name, version)
+        pending = Pending(
+            request.model_name, version, role, request_id, latency_ms, roles, time.time(),
+            status=status, request_rows=rows,
+        )  # fmt: skip
+        self.ledger.record(pending)

@@ -77,7 +77,7 @@ class Router:
         config = self.model(name).config
         runner = self.resolve(name)
         outputs = runner.signature.outputs if runner.signature else []
-        return OutputRoles.infer(outputs, classes=config.classes)
+        return OutputRoles.infer(outputs, config.classes)
 
 
 def signature_of(runner: Runner) -> Signature:

@@ -22,7 +22,8 @@ from grpc_reflection.v1alpha import reflection
 from gateway.control import ControlPlane
 from gateway.control_servicer import CONTROL_SERVICES, add_control_servicers
 from gateway.ledger import Ledger
-from gateway.recording import OutputRoles, Recorder
+from gateway.policy import AutoPromoter
+from gateway.recording import OutputRoles, Recorder, to_answer
 from gateway.repository import scan
 from gateway.router import Router
 from gateway.servicer import SERVICE, InferenceServicer, generic_handler
@@ -45,9 +46,14 @@ def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
 
 
 def open_ledger(settings: GatewaySettings) -> Ledger:
+    """Answers are queued raw and converted in the ledger's writer thread (``to_answer``)."""
     if settings.database_url:
-        return Ledger(settings.database_url, queue_rows=settings.ledger_queue_rows)
-    return Ledger.for_data_dir(settings.data_dir, queue_rows=settings.ledger_queue_rows)
+        return Ledger(
+            settings.database_url, convert=to_answer, queue_items=settings.ledger_queue_answers
+        )
+    return Ledger.for_data_dir(
+        settings.data_dir, convert=to_answer, queue_items=settings.ledger_queue_answers
+    )
 
 
 class RolesCache:
@@ -63,7 +69,7 @@ class RolesCache:
         if roles is None:
             runner = self.router.resolve(model, version)
             outputs = runner.signature.outputs if runner.signature else []
-            roles = OutputRoles.infer(outputs, classes=self.router.model(model).config.classes)
+            roles = OutputRoles.infer(outputs, self.router.model(model).config.classes)
             if runner.signature is not None:
                 self._cache[key] = roles
         return roles
@@ -76,6 +82,7 @@ class Gateway:
     fleet: Fleet
     ledger: Ledger
     shadows: ShadowFanout
+    promoter: AutoPromoter
     health: health.aio.HealthServicer
     port: int
 
@@ -89,7 +96,7 @@ class Gateway:
         shadows = ShadowFanout(settings.shadow_limit, settings.shadow_deadline_s)
         control = ControlPlane(router, ledger, shadows.drops)
         await control.restore()
-        recorder = Recorder(ledger, RolesCache(router))
+        recorder = Recorder(ledger, RolesCache(router), settings.record_predictions)
         servicer = InferenceServicer(router, settings, shadows, recorder)
         server = grpc.aio.server(options=server_options(settings))
         server.add_generic_rpc_handlers((generic_handler(servicer),))
@@ -102,16 +109,18 @@ class Gateway:
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         await server.start()
         await fleet.start(settings.runner_start_timeout_s)
+        promoter = AutoPromoter(control)
+        promoter.start()
         for service in ("", SERVICE):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("gateway serving", host=settings.host, port=port, models=sorted(models))
-        return cls(settings, server, fleet, ledger, shadows, health_servicer, port)
+        return cls(settings, server, fleet, ledger, shadows, promoter, health_servicer, port)
 
     async def stop(self) -> None:
+        await self.promoter.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.shadows.drain(timeout=self.settings.shadow_deadline_s)
-        await asyncio.sleep(0)  # let the last answers' recording callbacks run
         await asyncio.to_thread(self.ledger.stop)
         await self.fleet.stop()
         log.info("gateway stopped", ledger=self.ledger.stats)

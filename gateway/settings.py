@@ -37,7 +37,10 @@ class GatewaySettings(BaseSettings):
     # The ledger: SQLite in data_dir unless a URL is given (postgresql://... for several
     # gateways sharing one ledger).
     database_url: str | None = None
-    ledger_queue_rows: int = Field(default=200_000, gt=0)
+    # Off: answers are not recorded (deployments and feedback still use the database).
+    record_predictions: bool = True
+    # Answers waiting for the ledger's writer; beyond this they are dropped and counted.
+    ledger_queue_answers: int = Field(default=20_000, gt=0)
     # Shadow copies: at most this many in flight per shadow version (more are dropped and
     # counted), each under its own deadline.
     shadow_limit: int = Field(default=64, gt=0)

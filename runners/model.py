@@ -74,6 +74,9 @@ class Model(ABC):
         self.output_bindings = outputs
         self.inputs: list[TensorSpec] = [b.spec for b in inputs]
         self.outputs: list[TensorSpec] = [b.spec for b in outputs]
+        # Per served output, string parameters sent with every answer (e.g. the ``classes``
+        # that name a probabilities output's columns, which V2 metadata cannot say).
+        self.output_parameters: dict[str, dict[str, str]] = {}
 
     @classmethod
     @abstractmethod

@@ -198,6 +198,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         raw = len(request.raw_input_contents) > 0
         outputs = _conform(answer, wanted, serving.specs)
         encode(response.outputs, response.raw_output_contents, outputs, raw, serving.datatypes)
+        for tensor in response.outputs:
+            for key, text in model.output_parameters.get(tensor.name, {}).items():
+                tensor.parameters[key].string_param = text
         return response
 
     def ModelInfer(

@@ -25,6 +25,7 @@ holding NaN or infinity with INVALID_ARGUMENT; for an estimator that takes NaN a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,15 @@ def _classifier_outputs(estimator: Any, where: str) -> list[TensorSpec]:
     if hasattr(estimator, "predict_proba"):
         outputs.append(TensorSpec("probabilities", "FP64", (-1, len(classes))))
     return outputs
+
+
+def _class_names(estimator: Any, outputs: list[Binding]) -> dict[str, dict[str, str]]:
+    """``classes`` (JSON, as text) on the probabilities output: its columns' labels."""
+    classes = getattr(estimator, "classes_", None)
+    if classes is None or isinstance(classes, list):
+        return {}
+    names = json.dumps([str(c) for c in np.asarray(classes).tolist()])
+    return {b.spec.name: {"classes": names} for b in outputs if b.native == "probabilities"}
 
 
 def _prediction_shape(estimator: Any) -> tuple[int, ...]:
@@ -151,7 +161,7 @@ class SklearnModel(Model):
             "probabilities": getattr(estimator, "predict_proba", estimator.predict),
         }
         yaml = str(artifact.parent.parent / "model.yaml")
-        return cls(
+        model = cls(
             name,
             version,
             bind([_native_input(estimator, config, where)], config.inputs, "inputs", yaml),
@@ -159,6 +169,8 @@ class SklearnModel(Model):
             methods,
             allow_nan=_allows_nan(estimator),
         )
+        model.output_parameters = _class_names(estimator, model.output_bindings)
+        return model
 
     def check(self, inputs: Arrays) -> None:
         """What scikit-learn's finiteness check would refuse, as INVALID_ARGUMENT."""

@@ -17,6 +17,7 @@ import pytest
 
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.models import build_repository
+from tests.pg import Cluster, PostgresMissing, bin_dir, postgres_cluster
 
 GREENROOM = [sys.executable, "-m", "gateway.cli"]
 
@@ -111,3 +112,16 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    try:
+        bin_dir()
+        missing = None
+    except PostgresMissing as e:
+        missing = str(e)
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    with postgres_cluster() as cluster:
+        yield cluster

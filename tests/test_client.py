@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -240,8 +241,11 @@ def test_bad_input_is_invalid_argument(
 
 
 def test_deadline_is_deadline_exceeded(served: Served) -> None:
-    with Client(served.address, timeout=1e-6) as client, pytest.raises(DeadlineExceeded):
-        client.infer("iris", {"input": served.x})
+    # A listener that never speaks: the call can only end by its deadline.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        with Client(address, timeout=0.3) as client, pytest.raises(DeadlineExceeded):
+            client.infer("iris", {"input": served.x})
 
 
 def test_no_server_is_unavailable() -> None:

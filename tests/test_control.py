@@ -153,6 +153,6 @@ def test_sigterm_under_load_loses_no_answered_prediction(repo: Path, tmp_path: P
         thread.join()
     assert len(answered) > 100
     with sqlite3.connect(tmp_path / "data" / "ledger.db") as db:
-        recorded = {row[0] for row in db.execute("SELECT request_id FROM predictions")}
+        recorded = {row[0] for row in db.execute("SELECT request_id FROM answers")}
     missing = set(answered) - recorded
     assert not missing, f"{len(missing)} of {len(answered)} answered predictions not in the ledger"

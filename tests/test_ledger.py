@@ -8,14 +8,17 @@ must mean both databases were exercised.
 from __future__ import annotations
 
 import itertools
+import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -24,26 +27,14 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.ledger import FeedbackResult, Ledger, Prediction, Role
+from gateway.ledger import Answer, FeedbackResult, Ledger, Role, writer
 from gateway.ledger.migrate import current_revision
+from gateway.ledger.schema import answers as answers_table
 from gateway.ledger.schema import metadata
-from gateway.ledger.schema import predictions as predictions_table
-from tests.pg import Cluster, PostgresMissing, bin_dir, postgres_cluster
+from tests.pg import Cluster
 
 BACKENDS = ["sqlite", "postgres"]
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[Cluster]:
-    try:
-        bin_dir()
-        missing = None
-    except PostgresMissing as e:
-        missing = str(e)
-    if missing:
-        pytest.fail(missing, pytrace=False)
-    with postgres_cluster() as cluster:
-        yield cluster
+CLASSES = ("setosa", "versicolor", "virginica")
 
 
 def _database(backend: str, folder: Path, request: pytest.FixtureRequest) -> str:
@@ -67,36 +58,55 @@ def ledger(url: str) -> Iterator[Ledger]:
     started.stop()
 
 
-def prediction(
+def answer(
     request_id: str,
-    row: int = 0,
+    rows: int = 1,
     *,
     model: str = "iris",
     version: str = "v1",
     role: Role = "primary",
-    label: str | None = "setosa",
-    value: float | None = None,
+    labels: str | Sequence[str] | None = "setosa",
+    values: Sequence[float] | None = None,
+    probabilities: npt.NDArray[np.float64] | None = None,
     status: str = "OK",
     created_at: float | None = None,
-) -> Prediction:
-    return Prediction(
+) -> Answer:
+    """An answer of ``rows`` rows; a single label is repeated on every row, and the
+    probabilities default to (0.7, 0.2, 0.1) on every row."""
+    if probabilities is None:
+        probabilities = np.tile(np.array([0.7, 0.2, 0.1]), (rows, 1))
+    if isinstance(labels, str):
+        labels = (labels,) * rows
+    return Answer(
         request_id=request_id,
-        row=row,
         model=model,
         version=version,
         role=role,
-        label=label,
-        value=value,
-        probabilities=(0.7, 0.2, 0.1),
-        classes=("setosa", "versicolor", "virginica"),
+        rows=rows,
+        labels=None if labels is None else tuple(labels),
+        values=None if values is None else tuple(values),
+        probabilities=probabilities,
+        classes=CLASSES,
         latency_ms=1.5,
         status=status,
         created_at=time.time() if created_at is None else created_at,
-    )
+    )  # fmt: skip
+
+
+def record_all(ledger: Ledger, items: Sequence[Answer]) -> None:
+    for item in items:
+        ledger.record(item)
 
 
 def sql_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, poolclass=sa.NullPool)
+
+
+def database_answers(url: str) -> int:
+    """Rows of the answers table itself (not the prediction rows they hold)."""
+    engine = sql_engine(url)
+    with engine.connect() as connection:
+        return int(connection.execute(sa.text("SELECT count(*) FROM answers")).scalar_one())
 
 
 # -- schema, migrations, restarts ---------------------------------------------------------
@@ -109,19 +119,20 @@ def test_migrations_create_the_schema_the_queries_use(url: str) -> None:
     engine = sql_engine(url)
     assert current_revision(engine) == "0001"
     tables = set(sa.inspect(engine).get_table_names())
-    assert {"predictions", "feedback", "deployments", "deployment_history"} <= tables
+    assert {"answers", "feedback", "deployments", "deployment_history"} <= tables
+    assert "predictions" not in tables
     assert "alembic_version" in tables
     with engine.connect() as connection:
         drift = compare_metadata(MigrationContext.configure(connection), metadata)
     assert drift == [], "schema.py and the migrations disagree"
-    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("predictions")}
-    assert {"ix_predictions_model_request_id_row", "ix_predictions_model_created_at"} <= indexes
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("answers")}
+    assert {"ix_answers_model_request_id", "ix_answers_model_created_at"} <= indexes
 
 
-def test_restart_keeps_predictions_feedback_and_deployments(url: str) -> None:
+def test_restart_keeps_answers_feedback_and_deployments(url: str) -> None:
     first = Ledger(url)
     first.start()
-    first.record([prediction("a"), prediction("b")])
+    record_all(first, [answer("a"), answer("b")])
     first.save_deployment("iris", {"primary": "v1", "shadows": []}, "initial")
     first.save_deployment("iris", {"primary": "v1", "shadows": [{"version": "v2"}]}, "shadow v2")
     assert first.add_feedback("iris", [("a", 0, "setosa")]).matched == 1
@@ -163,35 +174,182 @@ def test_a_deployment_that_cannot_be_stored_changes_nothing(ledger: Ledger) -> N
 
 def test_for_data_dir_makes_a_wal_sqlite_database(tmp_path: Path) -> None:
     data_dir = tmp_path / "nested" / "data"
-    ledger = Ledger.for_data_dir(data_dir)
+    ledger = Ledger.for_data_dir(data_dir, convert=lambda rows: answer("a", rows))
     ledger.start()
-    ledger.record([prediction("a")])
+    ledger.record(3)
     ledger.stop()
     with closing(sqlite3.connect(data_dir / "ledger.db")) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert connection.execute("SELECT count(*) FROM predictions").fetchone()[0] == 1
+        assert connection.execute("SELECT count(*), sum(rows) FROM answers").fetchone() == (1, 3)
 
 
 def test_postgresql_urls_without_a_driver_mean_psycopg(pg_cluster: Cluster) -> None:
     url = pg_cluster.create_database().replace("postgresql+psycopg://", "postgresql://")
     ledger = Ledger(url)
     ledger.start()
-    ledger.record([prediction("a")])
+    ledger.record(answer("a"))
     ledger.stop()
     assert Ledger(url).count() == 1
+
+
+# -- answers: one record however many rows ------------------------------------------------
+
+
+def test_a_thousand_row_answer_is_one_record_expanded_on_read(ledger: Ledger) -> None:
+    rows = 1_000
+    rng = np.random.default_rng(7)
+    probabilities = rng.dirichlet(np.ones(3), size=rows)
+    labels = [CLASSES[int(i)] for i in probabilities.argmax(axis=1)]
+    values = rng.normal(size=rows)
+    values[5] = math.nan  # regression values may be NaN
+    ledger.record(
+        answer("big", rows, labels=labels, values=values.tolist(), probabilities=probabilities)
+    )
+    ledger.record(answer("small", 2, version="v2"))
+    truth = [("big", row, f"t{row}") for row in range(0, rows, 7)]
+    assert ledger.add_feedback("iris", [*truth, ("big", rows, "beyond")]) == FeedbackResult(
+        accepted=len(truth) + 1, matched=len(truth), unmatched=1, duplicates=0
+    )
+    assert database_answers(ledger.url) == 2
+    assert ledger.count("iris") == rows + 2
+    assert (ledger.stats.recorded_answers, ledger.stats.recorded_rows) == (2, rows + 2)
+
+    expanded = ledger.rows("iris")
+    assert len(expanded) == rows + 2
+    big = expanded[:rows]
+    assert [r.row for r in big] == list(range(rows))
+    assert {r.request_id for r in big} == {"big"}
+    assert [r.truth for r in big] == [f"t{row}" if row % 7 == 0 else None for row in range(rows)]
+    assert [r.label for r in big] == labels
+    got_values = np.array([r.value for r in big])
+    assert np.array_equal(got_values, values, equal_nan=True)
+    assert np.array_equal(np.array([r.probabilities for r in big]), probabilities)
+    assert all(r.classes == CLASSES for r in big)
+    assert [(r.request_id, r.row, r.version, r.label) for r in expanded[rows:]] == [
+        ("small", 0, "v2", "setosa"),
+        ("small", 1, "v2", "setosa"),
+    ]
+
+
+def test_failed_answers_hold_the_requests_rows_without_predictions(ledger: Ledger) -> None:
+    ledger.record(answer("f", 3, status="UNAVAILABLE", labels=None, probabilities=None))
+    assert ledger.add_feedback("iris", [("f", 2, "setosa"), ("f", 3, "setosa")]).matched == 1
+    rows = ledger.rows("iris")
+    assert [(r.row, r.status, r.label, r.value, r.probabilities, r.truth) for r in rows] == [
+        (0, "UNAVAILABLE", None, None, None, None),
+        (1, "UNAVAILABLE", None, None, None, None),
+        (2, "UNAVAILABLE", None, None, None, "setosa"),
+    ]
+    assert ledger.count("iris") == 3
+
+
+def test_inconsistent_answers_count_as_failed(ledger: Ledger) -> None:
+    ledger.record(answer("labels", 2, labels=["setosa"]))
+    ledger.record(answer("values", 2, labels=None, values=[1.0, 2.0, 3.0]))
+    ledger.record(answer("proba", 2, probabilities=np.zeros((3, 3))))
+    ledger.record(answer("proba1d", 2, probabilities=np.zeros(6)))
+    ledger.record(answer("good", 2))
+    assert ledger.flush()
+    stats = ledger.stats
+    assert (stats.recorded_answers, stats.recorded_rows, stats.failed) == (1, 2, 4)
+    assert "ValueError: answer probabilities" in (stats.last_error or "")
+    assert [r.request_id for r in ledger.rows("iris")] == ["good", "good"]
 
 
 # -- the writer ---------------------------------------------------------------------------
 
 
-def test_fifty_thousand_rows_from_another_thread_are_all_written(url: str) -> None:
-    ledger = Ledger(url)
+def test_convert_runs_in_the_writer_thread_and_may_skip(url: str) -> None:
+    threads: set[int] = set()
+
+    def convert(item: tuple[str, int]) -> Answer | None:
+        threads.add(threading.get_ident())
+        request_id, rows = item
+        return None if rows == 0 else answer(request_id, rows)
+
+    ledger = Ledger(url, convert=convert)
     ledger.start()
-    rows = [prediction(f"r{i}", created_at=1.0) for i in range(50_000)]
+    for item in [("a", 2), ("skipped", 0), ("b", 1)]:
+        ledger.record(item, weight=100)
+    assert ledger.flush()
+    writer_thread = ledger._writer._thread
+    assert writer_thread is not None
+    assert threads == {writer_thread.ident}
+    assert threading.get_ident() not in threads
+    stats = ledger.stats
+    assert (stats.recorded_answers, stats.recorded_rows, stats.queued) == (2, 3, 0)
+    assert (stats.dropped, stats.failed) == (0, 0)
+    assert [(r.request_id, r.row) for r in ledger.rows("iris")] == [("a", 0), ("a", 1), ("b", 0)]
+    ledger.stop()
+
+
+class RecordingLog:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+
+def test_a_raising_convert_counts_failed_logs_once_and_the_writer_goes_on(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = RecordingLog()
+    monkeypatch.setattr(writer, "log", log)
+
+    def convert(item: str) -> Answer:
+        if item.startswith("bad"):
+            raise ValueError(f"cannot decode {item}")
+        if item.startswith("worse"):
+            raise KeyError(item)
+        return answer(item)
+
+    ledger = Ledger(url, convert=convert, flush_interval_s=0.01)
+    ledger.start()
+    for item in ["ok1", "bad1", "bad2", "worse1", "ok2", "bad3"]:
+        ledger.record(item)
+    assert ledger.flush()
+    ledger.record("ok3")
+    assert ledger.flush()
+    stats = ledger.stats
+    assert (stats.recorded_answers, stats.failed, stats.dropped) == (3, 4, 0)
+    assert stats.last_error is not None
+    assert stats.last_error.startswith(("ValueError: cannot decode", "KeyError"))
+    logged = [fields["error"].split(":")[0] for event, fields in log.events]
+    assert sorted(logged) == ["KeyError", "ValueError"]  # once per error type
+    assert ledger.count() == 3
+    ledger.stop()
+
+
+def test_the_byte_bound_and_the_count_bound_drop_and_count(url: str) -> None:
+    ledger = Ledger(url, queue_items=5, queue_bytes=1_000)  # not started: nothing drains
+    for i, weight in enumerate([300, 300, 300, 300, 5_000, 100, 0, 0, 0]):
+        ledger.record(answer(f"w{i}"), weight=weight)
+    # 300+300+300 fit, a 4th 300 would make 1,200 bytes, 5,000 alone exceeds the bound;
+    # 100 fits exactly, and 0 always fits by bytes, but the count bound (5) refuses the rest.
+    stats = ledger.stats
+    assert (stats.queued, stats.dropped) == (5, 4)
+    ledger.record(answer("bad weight"), weight="heavy")  # type: ignore[arg-type]
+    assert ledger.stats.dropped == 5
+
+    ledger.start()
+    assert ledger.flush()
+    assert [r.request_id for r in ledger.rows("iris")] == ["w0", "w1", "w2", "w5", "w6"]
+    ledger.record(answer("room again"), weight=1_000)  # written items free their bytes
+    assert ledger.flush()
+    stats = ledger.stats
+    assert (stats.recorded_answers, stats.queued, stats.dropped, stats.failed) == (6, 0, 5, 0)
+    ledger.stop()
+
+
+def test_fifty_thousand_answers_from_another_thread_are_all_written(url: str) -> None:
+    ledger = Ledger(url, queue_items=50_000)
+    ledger.start()
+    items = [answer(f"r{i}", created_at=1.0) for i in range(50_000)]
 
     def produce() -> None:
-        for i in range(len(rows)):
-            ledger.record(rows[i : i + 1])
+        for item in items:
+            ledger.record(item)
 
     began = time.perf_counter()
     producer = threading.Thread(target=produce)
@@ -200,14 +358,44 @@ def test_fifty_thousand_rows_from_another_thread_are_all_written(url: str) -> No
     ledger.stop()
     elapsed = time.perf_counter() - began
     backend = url.split(":", 1)[0]
-    print(f"\nledger {backend}: {len(rows) / elapsed:,.0f} rows/s ({len(rows)} rows)")
+    rate = len(items) / elapsed
+    print(f"\nledger {backend}, 1-row answers: {rate:,.0f} answers/s = {rate:,.0f} rows/s")
     stats = ledger.stats
-    assert (stats.recorded, stats.queued, stats.dropped, stats.failed) == (50_000, 0, 0, 0)
+    assert (stats.recorded_answers, stats.recorded_rows) == (50_000, 50_000)
+    assert (stats.queued, stats.dropped, stats.failed) == (0, 0, 0)
     assert ledger.count("iris") == 50_000
 
 
+def test_thousand_row_answers_throughput(url: str) -> None:
+    rows, n = 1_000, 200
+    probabilities = np.random.default_rng(1).dirichlet(np.ones(3), size=rows)
+    labels = [CLASSES[int(i)] for i in probabilities.argmax(axis=1)]
+    items = [answer(f"r{i}", rows, labels=labels, probabilities=probabilities) for i in range(n)]
+    ledger = Ledger(url)
+    ledger.start()
+    began = time.perf_counter()
+    for item in items:
+        ledger.record(item, weight=probabilities.nbytes)
+    assert ledger.flush(timeout=120)
+    elapsed = time.perf_counter() - began
+    began = time.perf_counter()
+    read = len(ledger.rows("iris"))
+    read_elapsed = time.perf_counter() - began
+    backend = url.split(":", 1)[0]
+    print(
+        f"\nledger {backend}, {rows}-row answers: {n / elapsed:,.0f} answers/s = "
+        f"{n * rows / elapsed:,.0f} rows/s written; rows() {read / read_elapsed:,.0f} rows/s"
+    )
+    assert read == n * rows
+    stats = ledger.stats
+    assert (stats.recorded_answers, stats.recorded_rows) == (n, n * rows)
+    assert (stats.queued, stats.dropped, stats.failed) == (0, 0, 0)
+    assert database_answers(url) == n
+    ledger.stop()
+
+
 def stall(url: str) -> tuple[Any, threading.Event]:
-    """Hold the predictions table locked (from another connection) until the event is set."""
+    """Hold the answers table locked (from another connection) until the event is set."""
     release, locked = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -221,7 +409,7 @@ def stall(url: str) -> tuple[Any, threading.Event]:
             return
         conninfo = sa.make_url(url).set(drivername="postgresql").render_as_string(False)
         with psycopg.connect(conninfo) as pg, pg.transaction():
-            pg.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+            pg.execute("LOCK TABLE answers IN ACCESS EXCLUSIVE MODE")
             locked.set()
             release.wait()
 
@@ -232,68 +420,75 @@ def stall(url: str) -> tuple[Any, threading.Event]:
 
 
 def test_a_stalled_database_never_blocks_record_and_memory_stays_bounded(url: str) -> None:
-    ledger = Ledger(url, queue_rows=5_000, batch_rows=500, flush_interval_s=0.01)
+    ledger = Ledger(url, queue_items=5_000, batch_items=500, flush_interval_s=0.01)
     ledger.start()
     holder, release = stall(url)
     try:
-        rows = [prediction(f"r{i}") for i in range(10_000)]
+        items = [answer(f"r{i}", 10) for i in range(10_000)]
         began = time.perf_counter()
-        for i in range(0, len(rows), 10):
-            ledger.record(rows[i : i + 10])
+        for item in items:
+            ledger.record(item, weight=100)
         elapsed = time.perf_counter() - began
-        assert elapsed < 0.05, f"record() took {elapsed * 1000:.0f} ms for 10k rows"
+        assert elapsed < 0.05, f"record() took {elapsed * 1000:.0f} ms for 10k answers"
         stats = ledger.stats
         assert stats.queued == 5_000
         assert stats.dropped == 5_000
-        assert stats.recorded == 0
+        assert stats.recorded_answers == 0
         assert not ledger.flush(timeout=0.2)  # the database is still stalled
     finally:
         release.set()
         holder.join()
     assert ledger.flush(timeout=30)
     stats = ledger.stats
-    assert (stats.recorded, stats.queued, stats.dropped, stats.failed) == (5_000, 0, 5_000, 0)
-    assert ledger.count() == 5_000
+    assert (stats.recorded_answers, stats.recorded_rows) == (5_000, 50_000)
+    assert (stats.queued, stats.dropped, stats.failed) == (0, 5_000, 0)
+    assert ledger.count() == 50_000
     ledger.stop()
 
 
-def test_database_errors_count_rows_as_failed_and_the_writer_goes_on(ledger: Ledger) -> None:
+def test_database_errors_count_answers_as_failed_and_the_writer_goes_on(ledger: Ledger) -> None:
     ledger._writer.retry_delays = (0.01, 0.01)
     engine = sql_engine(ledger.url)
-    predictions_table.drop(engine)
-    ledger.record([prediction(f"lost{i}") for i in range(10)])
+    answers_table.drop(engine)
+    record_all(ledger, [answer(f"lost{i}", 2) for i in range(10)])
     assert ledger.flush(timeout=30)
     stats = ledger.stats
-    assert (stats.recorded, stats.failed) == (0, 10)
+    assert (stats.recorded_answers, stats.recorded_rows, stats.failed) == (0, 0, 10)
     assert stats.last_error is not None
-    assert "predictions" in stats.last_error
+    assert "answers" in stats.last_error
 
-    predictions_table.create(engine)
-    ledger.record([prediction(f"kept{i}") for i in range(5)])
+    answers_table.create(engine)
+    record_all(ledger, [answer(f"kept{i}", 2) for i in range(5)])
     assert ledger.flush(timeout=30)
-    assert (ledger.stats.recorded, ledger.stats.failed) == (5, 10)
-    assert ledger.count() == 5
+    stats = ledger.stats
+    assert (stats.recorded_answers, stats.recorded_rows, stats.failed) == (5, 10, 10)
+    assert ledger.count() == 10
 
 
-def test_one_row_the_database_rejects_does_not_lose_its_batch(pg_cluster: Cluster) -> None:
+def test_one_answer_the_database_rejects_does_not_lose_its_batch(pg_cluster: Cluster) -> None:
     ledger = Ledger(pg_cluster.create_database(), flush_interval_s=10)
     ledger.start()
-    rows = [prediction(f"r{i}", label="nul\x00" if i == 3 else "ok") for i in range(10)]
-    ledger.record(rows)
+    record_all(ledger, [answer("nul\x00" if i == 3 else f"r{i}", 2) for i in range(10)])
     assert ledger.flush(timeout=30)
-    assert (ledger.stats.recorded, ledger.stats.failed) == (9, 1)
-    assert "NUL" in (ledger.stats.last_error or "")
+    stats = ledger.stats
+    assert (stats.recorded_answers, stats.recorded_rows, stats.failed) == (9, 18, 1)
+    assert "NUL" in (stats.last_error or "")
     ledger.stop()
 
 
-def test_record_never_raises_and_rows_after_stop_are_counted(ledger: Ledger) -> None:
-    ledger.record(None)  # type: ignore[arg-type]
-    ledger.record([])
+def test_record_never_raises_and_answers_after_stop_are_counted(ledger: Ledger) -> None:
+    ledger.record(None)  # without convert, None is skipped
+    ledger.record("not an answer")  # fails in the writer thread, not here
+    assert ledger.flush()
+    stats = ledger.stats
+    assert (stats.recorded_answers, stats.failed, stats.dropped) == (0, 1, 0)
+    assert "TypeError: expected an Answer, got str" in (stats.last_error or "")
     ledger.stop()
-    ledger.record([prediction("late"), prediction("later")])
+    ledger.record(answer("late"))
+    ledger.record(answer("later"), weight=10)
     assert ledger.stats.dropped == 2
     ledger.start()
-    ledger.record([prediction("again")])
+    ledger.record(answer("again"))
     assert ledger.flush()
     assert ledger.count() == 1
 
@@ -301,11 +496,11 @@ def test_record_never_raises_and_rows_after_stop_are_counted(ledger: Ledger) -> 
 def test_stop_writes_everything_still_queued(url: str) -> None:
     ledger = Ledger(url, flush_interval_s=60)  # the writer would wait a minute for more
     ledger.start()
-    ledger.record([prediction(f"r{i}") for i in range(100)])
+    record_all(ledger, [answer(f"r{i}", 3) for i in range(100)])
     began = time.monotonic()
     ledger.stop()
     assert time.monotonic() - began < 10
-    assert ledger.count() == 100
+    assert ledger.count() == 300
 
 
 # -- feedback -----------------------------------------------------------------------------
@@ -318,30 +513,34 @@ def truths(ledger: Ledger, model: str = "iris") -> dict[tuple[str, int, str], st
 def test_feedback_right_after_the_answer_is_matched(url: str) -> None:
     ledger = Ledger(url, flush_interval_s=60)  # nothing reaches the database by itself
     ledger.start()
-    ledger.record([prediction("a")])
+    ledger.record(answer("a"))
     assert ledger.add_feedback("iris", [("a", 0, "setosa")]) == FeedbackResult(1, 1, 0, 0)
     assert truths(ledger) == {("a", 0, "v1"): "setosa"}
     ledger.stop()
 
 
-def test_feedback_after_the_flush_is_matched(ledger: Ledger) -> None:
-    ledger.record([prediction("a", 0), prediction("a", 1)])
+def test_feedback_after_the_flush_is_matched_by_row(ledger: Ledger) -> None:
+    ledger.record(answer("a", 2))
     assert ledger.flush()
     result = ledger.add_feedback("iris", [("a", 0, "setosa"), ("a", 1, "virginica")])
     assert result == FeedbackResult(accepted=2, matched=2, unmatched=0, duplicates=0)
+    result = ledger.add_feedback("iris", [("a", 2, "setosa")])  # the answer has 2 rows
+    assert result == FeedbackResult(accepted=1, matched=0, unmatched=1, duplicates=0)
+    ledger.record(answer("a", 3, version="v2"))  # a longer answer to the same id matches
+    assert ledger.add_feedback("iris", [("a", 2, "versicolor")]) == FeedbackResult(1, 1, 0, 1)
 
 
 def test_feedback_for_an_unknown_id_is_kept_and_joined_later(ledger: Ledger) -> None:
     result = ledger.add_feedback("iris", [("early", 0, "setosa")])
     assert result == FeedbackResult(accepted=1, matched=0, unmatched=1, duplicates=0)
     assert ledger.rows("iris") == []
-    ledger.record([prediction("early", version="v1"), prediction("early", version="v2")])
+    record_all(ledger, [answer("early", version="v1"), answer("early", version="v2")])
     assert truths(ledger) == {("early", 0, "v1"): "setosa", ("early", 0, "v2"): "setosa"}
     assert [p.truth for p in ledger.pairs("iris", "v1", "v2")] == ["setosa"]
 
 
 def test_duplicate_feedback_last_wins_and_is_counted(ledger: Ledger) -> None:
-    ledger.record([prediction("a"), prediction("b")])
+    record_all(ledger, [answer("a"), answer("b")])
     assert ledger.add_feedback("iris", [("a", 0, "setosa")]).duplicates == 0
     batch = [("a", 0, "virginica"), ("b", 0, "setosa"), ("b", 0, "versicolor")]
     assert ledger.add_feedback("iris", batch) == FeedbackResult(3, 3, 0, 2)
@@ -349,7 +548,7 @@ def test_duplicate_feedback_last_wins_and_is_counted(ledger: Ledger) -> None:
 
 
 def test_feedback_is_per_model(ledger: Ledger) -> None:
-    ledger.record([prediction("a", model="iris"), prediction("a", model="wine")])
+    record_all(ledger, [answer("a", model="iris"), answer("a", model="wine")])
     ledger.add_feedback("wine", [("a", 0, "red")])
     assert truths(ledger, "iris") == {("a", 0, "v1"): None}
     assert truths(ledger, "wine") == {("a", 0, "v1"): "red"}
@@ -366,7 +565,7 @@ def test_feedback_is_per_model(ledger: Ledger) -> None:
     ],
 )
 def test_invalid_feedback_is_refused_whole(ledger: Ledger, bad: Any, message: str) -> None:
-    ledger.record([prediction("a"), prediction("b")])
+    record_all(ledger, [answer("a"), answer("b")])
     with pytest.raises(ValueError, match=message):
         ledger.add_feedback("iris", [("a", 0, "setosa"), bad])
     assert truths(ledger) == {("a", 0, "v1"): None, ("b", 0, "v1"): None}
@@ -376,22 +575,21 @@ def test_invalid_feedback_is_refused_whole(ledger: Ledger, bad: Any, message: st
 
 
 def test_pairs_are_rows_both_versions_answered_ok_with_known_truth(ledger: Ledger) -> None:
-    both = [prediction("both", version=v) for v in ("v1", "v2")]
-    ledger.record(
+    record_all(
+        ledger,
         [
-            *both,
-            prediction("failed", version="v1"),
-            prediction("failed", version="v2", status="UNAVAILABLE", label=None),
-            prediction("alone", version="v1"),
-            prediction("unlabelled", version="v1"),
-            prediction("unlabelled", version="v2"),
-            prediction("multi", 0, version="v1", label="setosa"),
-            prediction("multi", 0, version="v2", label="virginica"),
-            prediction("multi", 1, version="v1", label="versicolor"),
-            prediction("multi", 1, version="v2", label="versicolor"),
-            prediction("both", model="wine", version="v1"),
-            prediction("both", model="wine", version="v2"),
-        ]
+            answer("both", version="v1"),
+            answer("both", version="v2"),
+            answer("failed", version="v1"),
+            answer("failed", version="v2", status="UNAVAILABLE", labels=None),
+            answer("alone", version="v1"),
+            answer("unlabelled", version="v1"),
+            answer("unlabelled", version="v2"),
+            answer("multi", 2, version="v1", labels=["setosa", "versicolor"]),
+            answer("multi", 2, version="v2", labels=["virginica", "versicolor"]),
+            answer("both", model="wine", version="v1"),
+            answer("both", model="wine", version="v2"),
+        ],
     )
     labels = [("both", 0, "setosa"), ("failed", 0, "setosa"), ("alone", 0, "setosa")]
     ledger.add_feedback("iris", [*labels, ("multi", 0, "virginica"), ("multi", 1, "setosa")])
@@ -411,15 +609,54 @@ def test_pairs_are_rows_both_versions_answered_ok_with_known_truth(ledger: Ledge
     assert ledger.pairs("wine", "v1", "v2") == []
 
 
+def test_pairs_of_mixed_multi_row_answers_use_the_latest_ok_answers(ledger: Ledger) -> None:
+    record_all(
+        ledger,
+        [
+            # v1 answered "m" twice: the second answer stands.
+            answer("m", 3, version="v1", labels=["old", "old", "old"]),
+            answer("m", 3, version="v2", labels=["b0", "b1", "b2"]),
+            answer("m", 3, version="v1", labels=["a0", "a1", "a2"]),
+            # v2's latest answer to "m" failed: its latest OK answer stands.
+            answer("m", 3, version="v2", status="DEADLINE_EXCEEDED", labels=None),
+            # A reused id answered with fewer rows by one version: only common rows pair.
+            answer("short", 4, version="v1", labels=["s0", "s1", "s2", "s3"]),
+            answer("short", 2, version="v2", labels=["t0", "t1"]),
+            # Regression and classification answers side by side, one 1-row, one 5-row.
+            answer("reg", 5, version="v1", labels=None, values=[0.0, 1.0, 2.0, 3.0, 4.0]),
+            answer("reg", 5, version="v2", labels=None, values=[0.5, 1.5, 2.5, 3.5, 4.5]),
+            answer("one", version="v1", labels="x"),
+            answer("one", version="v2", labels="y"),
+        ],
+    )
+    truth = [("m", 0, "T0"), ("m", 2, "T2"), ("short", 1, "S1"), ("short", 3, "S3")]
+    truth += [("reg", 4, "4.2"), ("reg", 1, "1.2"), ("one", 0, "z"), ("m", 9, "beyond")]
+    ledger.add_feedback("iris", truth)
+    got = [
+        (p.request_id, p.row, p.truth, p.primary_label, p.primary_value, *candidate)
+        for p in ledger.pairs("iris", "v1", "v2")
+        for candidate in [(p.candidate_label, p.candidate_value)]
+    ]
+    assert got == [
+        ("m", 0, "T0", "a0", None, "b0", None),
+        ("m", 2, "T2", "a2", None, "b2", None),
+        ("short", 1, "S1", "s1", None, "t1", None),
+        ("reg", 1, "1.2", None, 1.0, None, 1.5),
+        ("reg", 4, "4.2", None, 4.0, None, 4.5),
+        ("one", 0, "z", "x", None, "y", None),
+    ]
+
+
 def test_pairs_and_rows_honour_since_and_carry_regression_values(ledger: Ledger) -> None:
     old, new = 1_000.0, 2_000.0
-    ledger.record(
+    record_all(
+        ledger,
         [
-            prediction("old", version="v1", label=None, value=1.0, created_at=old),
-            prediction("old", version="v2", label=None, value=1.5, created_at=old),
-            prediction("new", version="v1", label=None, value=2.0, created_at=new),
-            prediction("new", version="v2", label=None, value=2.5, created_at=new),
-        ]
+            answer("old", version="v1", labels=None, values=[1.0], created_at=old),
+            answer("old", version="v2", labels=None, values=[1.5], created_at=old),
+            answer("new", version="v1", labels=None, values=[2.0], created_at=new),
+            answer("new", version="v2", labels=None, values=[2.5], created_at=new),
+        ],
     )
     ledger.add_feedback("iris", [("old", 0, "1.2"), ("new", 0, "2.2")])
     [pair] = ledger.pairs("iris", "v1", "v2", since=1_500.0)
@@ -431,9 +668,9 @@ def test_pairs_and_rows_honour_since_and_carry_regression_values(ledger: Ledger)
     )
     assert len(ledger.pairs("iris", "v1", "v2")) == 2
     rows = ledger.rows("iris", since=1_500.0)
-    assert [(r.request_id, r.version, r.value) for r in rows] == [
-        ("new", "v1", 2.0),
-        ("new", "v2", 2.5),
+    assert [(r.request_id, r.version, r.value, r.truth) for r in rows] == [
+        ("new", "v1", 2.0, "2.2"),
+        ("new", "v2", 2.5, "2.2"),
     ]
     assert rows[0].probabilities == (0.7, 0.2, 0.1)
     assert rows[0].classes == ("setosa", "versicolor", "virginica")
@@ -441,13 +678,20 @@ def test_pairs_and_rows_honour_since_and_carry_regression_values(ledger: Ledger)
 
 # -- any interleaving gives the same join as a reference model ----------------------------
 
-KEYS = [(r, i) for r in ("a", "b", "c") for i in (0, 1)]
+REQUEST_IDS = ["a", "b", "c"]
+KEYS = [(r, i) for r in REQUEST_IDS for i in range(4)]
 
+# An answer: (request id, version, rows, answered OK).
 record_op = st.tuples(
     st.just("record"),
     st.lists(
-        st.tuples(st.sampled_from(KEYS), st.sampled_from(["v1", "v2"]), st.booleans()),
-        max_size=8,
+        st.tuples(
+            st.sampled_from(REQUEST_IDS),
+            st.sampled_from(["v1", "v2"]),
+            st.integers(0, 3),
+            st.booleans(),
+        ),
+        max_size=6,
     ),
 )
 feedback_op = st.tuples(
@@ -459,33 +703,52 @@ operations = st.lists(st.one_of(record_op, feedback_op, flush_op), max_size=12)
 
 
 class Reference:
-    """What the ledger should answer, computed in plain Python."""
+    """What the ledger should answer, computed in plain Python. Answer number ``n`` labels
+    its row ``i`` "n:i", so that pairs show which answer they came from."""
 
     def __init__(self) -> None:
-        self.predictions: list[tuple[str, int, str, bool]] = []
+        self.answers: list[tuple[str, str, int, bool]] = []
         self.truth: dict[tuple[str, int], str] = {}
 
+    def record(self, model: str, request_id: str, version: str, rows: int, ok: bool) -> Answer:
+        n = len(self.answers)
+        self.answers.append((request_id, version, rows, ok))
+        return Answer(
+            request_id=request_id, model=model, version=version, role="shadow", rows=rows,
+            labels=tuple(f"{n}:{i}" for i in range(rows)) if ok else None,
+            values=None, probabilities=None, classes=None, latency_ms=1.0,
+            status="OK" if ok else "INTERNAL", created_at=1.0,
+        )  # fmt: skip
+
     def feedback(self, items: list[tuple[tuple[str, int], str]]) -> FeedbackResult:
-        predicted = {(r, i) for r, i, _, _ in self.predictions}
+        answered = {(r, i) for r, _, rows, _ in self.answers for i in range(rows)}
         seen = set(self.truth)
         duplicates = 0
         for key, value in items:
             duplicates += key in seen
             seen.add(key)
             self.truth[key] = value
-        matched = sum(key in predicted for key, _ in items)
+        matched = sum(key in answered for key, _ in items)
         return FeedbackResult(len(items), matched, len(items) - matched, duplicates)
 
-    def rows(self) -> list[tuple[str, int, str, str | None]]:
-        return [(r, i, v, self.truth.get((r, i))) for r, i, v, _ in self.predictions]
+    def rows(self) -> list[tuple[str, int, str, str | None, str | None]]:
+        return [
+            (r, i, v, f"{n}:{i}" if ok else None, self.truth.get((r, i)))
+            for n, (r, v, rows, ok) in enumerate(self.answers)
+            for i in range(rows)
+        ]
 
-    def pairs(self) -> dict[tuple[str, int], str]:
-        answered_ok = {(v, r, i) for r, i, v, ok in self.predictions if ok}
-        return {
-            (r, i): truth
-            for (r, i), truth in self.truth.items()
-            if ("v1", r, i) in answered_ok and ("v2", r, i) in answered_ok
-        }
+    def pairs(self) -> dict[tuple[str, int], tuple[str, str, str]]:
+        latest: dict[tuple[str, str], tuple[int, int]] = {}  # (version, id) -> (n, rows)
+        for n, (r, v, rows, ok) in enumerate(self.answers):
+            if ok:
+                latest[(v, r)] = (n, rows)
+        paired = {}
+        for (r, i), truth in self.truth.items():
+            a, b = latest.get(("v1", r)), latest.get(("v2", r))
+            if a and b and i < min(a[1], b[1]):
+                paired[(r, i)] = (truth, f"{a[0]}:{i}", f"{b[0]}:{i}")
+        return paired
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -508,21 +771,19 @@ def test_any_interleaving_joins_like_the_reference(shared_ledger: Ledger, ops: A
     ledger, reference, model = shared_ledger, Reference(), f"m{next(MODELS)}"
     for kind, items in ops:
         if kind == "record":
-            reference.predictions += [(r, i, v, ok) for (r, i), v, ok in items]
-            ledger.record([_reference_prediction(model, *item) for item in items])
+            for item in items:
+                ledger.record(reference.record(model, *item))
         elif kind == "feedback":
             expected = reference.feedback(items)
             got = ledger.add_feedback(model, [(r, i, truth) for (r, i), truth in items])
             assert got == expected
         else:
             assert ledger.flush()
-    got_rows = [(r.request_id, r.row, r.version, r.truth) for r in ledger.rows(model)]
+    got_rows = [(r.request_id, r.row, r.version, r.label, r.truth) for r in ledger.rows(model)]
     assert got_rows == reference.rows()
-    got_pairs = {(p.request_id, p.row): p.truth for p in ledger.pairs(model, "v1", "v2")}
+    assert ledger.count(model) == len(got_rows)
+    got_pairs = {
+        (p.request_id, p.row): (p.truth, p.primary_label, p.candidate_label)
+        for p in ledger.pairs(model, "v1", "v2")
+    }
     assert got_pairs == reference.pairs()
-
-
-def _reference_prediction(model: str, key: tuple[str, int], version: str, ok: bool) -> Prediction:
-    return prediction(
-        key[0], key[1], model=model, version=version, status="OK" if ok else "INTERNAL"
-    )

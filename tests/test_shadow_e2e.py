@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.metrics import log_loss
 from sklearn.tree import DecisionTreeClassifier
 
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
@@ -89,6 +90,8 @@ def test_shadow_feedback_report_decide_promote(tmp_path: Path) -> None:
             assert by_version[version]["predictions"] == ROWS
             assert by_version[version]["labelled"] == ROWS
             assert by_version[version]["accuracy"] == pytest.approx(expected, abs=1e-12)
+            proba = model.predict_proba(x)  # type: ignore[attr-defined]
+            assert by_version[version]["log_loss"] == pytest.approx(log_loss(y, proba), rel=1e-9)
         assert [by_version[v]["role"] for v in "123"] == ["primary", "shadow", "shadow"]
 
         better = cli_json("decide", "churn", "--candidate", "2", "--target", target)

@@ -1,49 +1,63 @@
-"""The ledger as the gateway sees it: record predictions cheaply, read them back joined.
+"""The ledger as the gateway sees it: record answers cheaply, read them back as rows.
 
-Writes of predictions go through a ``BatchWriter`` (off the event loop, bounded);
+Writes of answers go through a ``BatchWriter`` (off the event loop, bounded, converting
+and packing each answer in its own thread);
 feedback, deployment and evaluation reads go straight to the ``Store`` from whatever
 thread calls them (the gateway runs those in a worker thread, never on the event loop).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.ledger.records import (
+    Answer,
     FeedbackResult,
     HistoryEntry,
     LabelledRow,
     LedgerStats,
     PairedRow,
-    Prediction,
 )
-from gateway.ledger.store import Store, is_transient
+from gateway.ledger.store import Store, answer_params, is_transient
 from gateway.ledger.writer import BatchWriter
 
 FEEDBACK_FLUSH_TIMEOUT_S = 5.0
 
 
 class Ledger:
-    """Predictions, feedback and deployments in SQLite (default) or PostgreSQL."""
+    """Answers, feedback and deployments in SQLite (default) or PostgreSQL.
+
+    ``record`` takes whatever the caller has at hand (``convert`` turns it into an
+    ``Answer`` in the writer thread; without ``convert`` it must be an ``Answer``).
+    The queue is bounded by ``queue_items`` and by ``queue_bytes`` of caller-declared
+    weight; the writer writes up to ``batch_items`` answers per transaction, waiting at
+    most ``flush_interval_s`` for a batch to fill.
+    """
 
     def __init__(
         self,
         url: str,
         *,
-        queue_rows: int = 200_000,
-        batch_rows: int = 2_000,
+        convert: Callable[[Any], Answer | None] | None = None,
+        queue_items: int = 20_000,
+        queue_bytes: int = 256 * 2**20,
+        batch_items: int = 500,
         flush_interval_s: float = 0.05,
     ) -> None:
         self.url = url
         self._store = Store(url)
-        self._writer: BatchWriter[Prediction] = BatchWriter(
-            self._store.insert_predictions,
+        self._convert = convert
+        self._writer: BatchWriter[dict[str, Any]] = BatchWriter(
+            self._store.insert_answers,
+            self._prepare,
             is_transient=is_transient,
-            queue_rows=queue_rows,
-            batch_rows=batch_rows,
+            queue_items=queue_items,
+            queue_bytes=queue_bytes,
+            batch_items=batch_items,
             flush_interval_s=flush_interval_s,
         )
 
@@ -52,16 +66,20 @@ class Ledger:
         cls,
         data_dir: Path,
         *,
-        queue_rows: int = 200_000,
-        batch_rows: int = 2_000,
+        convert: Callable[[Any], Answer | None] | None = None,
+        queue_items: int = 20_000,
+        queue_bytes: int = 256 * 2**20,
+        batch_items: int = 500,
         flush_interval_s: float = 0.05,
     ) -> Ledger:
         """The embedded default: ``<data_dir>/ledger.db``, directory created."""
         data_dir.mkdir(parents=True, exist_ok=True)
         return cls(
             f"sqlite:///{(data_dir / 'ledger.db').resolve()}",
-            queue_rows=queue_rows,
-            batch_rows=batch_rows,
+            convert=convert,
+            queue_items=queue_items,
+            queue_bytes=queue_bytes,
+            batch_items=batch_items,
             flush_interval_s=flush_interval_s,
         )
 
@@ -77,15 +95,23 @@ class Ledger:
         if self._writer.stop(timeout):
             self._store.dispose()
 
-    # -- predictions --------------------------------------------------------------------
+    # -- answers ----------------------------------------------------------------------
 
-    def record(self, rows: Sequence[Prediction]) -> None:
-        """Queue rows for writing: cheap, non-blocking and never raising, because it runs
-        on the event loop for every request. Rows that do not fit are counted as dropped."""
+    def record(self, item: Any, weight: int = 0) -> None:
+        """Queue one item (an ``Answer``, or what ``convert`` takes) holding ``weight``
+        bytes. O(1), non-blocking and never raising, because it runs on the event loop for
+        every answer; an item over the queue's bounds is counted as dropped. Conversion
+        happens later, in the writer thread."""
         try:
-            self._writer.put(rows)
+            self._writer.put(item, weight)
         except Exception:  # the answer to the client matters more than its record
-            return
+            with contextlib.suppress(Exception):
+                self._writer.drop()
+
+    def _prepare(self, item: Any) -> tuple[dict[str, Any], int] | None:
+        """Writer thread: convert the item, then pack it into one row's parameters."""
+        answer = item if self._convert is None else self._convert(item)
+        return None if answer is None else answer_params(answer)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything recorded so far is written (or counted as failed)."""
@@ -96,15 +122,17 @@ class Ledger:
         return self._writer.stats
 
     def count(self, model: str | None = None) -> int:
-        """Prediction rows in the database (of one model, or all)."""
-        return self._store.count_predictions(model)
+        """Prediction rows in the database (of one model, or all): the answers' rows."""
+        return self._store.count_rows(model)
 
     # -- feedback -----------------------------------------------------------------------
 
     def add_feedback(self, model: str, items: Sequence[tuple[str, int, str]]) -> FeedbackResult:
         """Validate the whole batch first (nothing is stored if any item is bad), then
-        upsert it. Recorded predictions are flushed first so that truth sent right after
-        an answer counts as matched; truth for an unknown id is kept and joins later."""
+        upsert it. Recorded answers are flushed first so that truth sent right after an
+        answer counts as matched (an item matches when an answer to its request id, OK or
+        failed, has more rows than its row index); truth for an unknown id is kept and
+        joins later."""
         _validate_feedback(model, items)
         self.flush(FEEDBACK_FLUSH_TIMEOUT_S)
         return self._store.add_feedback(model, items, time.time())
@@ -112,14 +140,15 @@ class Ledger:
     # -- evaluation reads ---------------------------------------------------------------
 
     def rows(self, model: str, since: float | None = None) -> list[LabelledRow]:
-        """Every prediction row of the model since ``since``, oldest first, with its truth."""
+        """Every answered row of the model since ``since``, oldest first, with its truth."""
         self.flush()
         return self._store.rows(model, since)
 
     def pairs(
         self, model: str, primary: str, candidate: str, since: float | None = None
     ) -> list[PairedRow]:
-        """Rows both versions answered OK and whose truth is known."""
+        """Rows both versions answered OK and whose truth is known (the latest OK answer of
+        each version per request id)."""
         self.flush()
         return self._store.pairs(model, primary, candidate, since)
 

@@ -9,21 +9,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
+
 Role = Literal["primary", "canary", "shadow"]
 
 
 @dataclass(frozen=True, slots=True)
-class Prediction:
-    """One row of one answered (or failed) request, as the gateway saw it."""
+class Answer:
+    """One version's answer to one request, however many rows: what the ledger writes.
+
+    Per-row columns are aligned: ``labels`` and ``values`` hold ``rows`` items,
+    ``probabilities`` is a ``(rows, k)`` float64 array whose columns are ``classes``.
+    A failed call (``status`` a gRPC status name, not ``"OK"``) carries the rows its
+    request had and no labels, values or probabilities (any given are not stored).
+    """
 
     request_id: str
-    row: int
     model: str
     version: str
     role: Role
-    label: str | None
-    value: float | None
-    probabilities: tuple[float, ...] | None
+    rows: int
+    labels: tuple[str, ...] | None
+    values: tuple[float, ...] | None
+    probabilities: npt.NDArray[np.float64] | None
     classes: tuple[str, ...] | None
     latency_ms: float
     status: str
@@ -32,7 +41,7 @@ class Prediction:
 
 @dataclass(frozen=True, slots=True)
 class LabelledRow:
-    """A prediction row joined with its ground truth (``None`` until feedback arrives)."""
+    """One row of an answer, joined with its ground truth (``None`` until feedback arrives)."""
 
     request_id: str
     row: int
@@ -85,12 +94,15 @@ class HistoryEntry:
 class LedgerStats:
     """Counters for ``report``: what was written, is waiting, or was lost and why.
 
-    ``recorded`` rows are in the database; ``queued`` wait in memory (including the batch
-    being written); ``dropped`` were refused because the queue was full (or the ledger
-    stopped); ``failed`` were lost to database errors after retries.
+    ``recorded_answers`` are in the database, holding ``recorded_rows`` rows between them.
+    The other counters count recorded items (answers): ``queued`` wait in memory (including
+    the batch being written); ``dropped`` were refused because the queue was full, by count
+    or by bytes (or the ledger stopped); ``failed`` were lost, to a conversion error or to
+    database errors after retries.
     """
 
-    recorded: int
+    recorded_answers: int
+    recorded_rows: int
     queued: int
     dropped: int
     failed: int

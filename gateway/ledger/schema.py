@@ -1,9 +1,9 @@
 """The ledger's tables, in SQLAlchemy Core so that one definition serves SQLite and PostgreSQL.
 
 Migrations (``migrations/versions``) create these tables; this module is what the queries
-use. A test compares the two so that they cannot drift apart. JSON values
-(probabilities, classes, deployment specs) are stored as text: identical on both
-databases, and nothing queries inside them.
+use. A test compares the two so that they cannot drift apart. JSON values (labels,
+classes, deployment specs) are stored as text and float arrays as little-endian bytes:
+identical on both databases, and nothing queries inside them.
 """
 
 from __future__ import annotations
@@ -21,24 +21,29 @@ metadata = sa.MetaData(naming_convention=NAMING)
 # 64-bit ids on PostgreSQL; SQLite wants exactly INTEGER for its rowid alias.
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-predictions = sa.Table(
-    "predictions",
+# One row per answer (one version's answer to one request), however many rows it has.
+# Per-row columns are packed: ``labels`` a JSON list, ``value_data`` float64 little-endian,
+# ``probabilities`` float64 little-endian row-major ``rows`` x ``k`` (columns: ``classes``).
+# Failed answers (``status`` not "OK") keep ``rows`` (the request's) and no packed columns.
+answers = sa.Table(
+    "answers",
     metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("model", sa.String(), nullable=False),
     sa.Column("request_id", sa.String(), nullable=False),
-    sa.Column("row", sa.Integer(), nullable=False),
     sa.Column("version", sa.String(), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
-    sa.Column("label", sa.Text(), nullable=True),
-    sa.Column("value", sa.Double(), nullable=True),
-    sa.Column("probabilities", sa.Text(), nullable=True),
+    sa.Column("rows", sa.Integer(), nullable=False),
+    sa.Column("labels", sa.Text(), nullable=True),
+    sa.Column("value_data", sa.LargeBinary(), nullable=True),
+    sa.Column("probabilities", sa.LargeBinary(), nullable=True),
     sa.Column("classes", sa.Text(), nullable=True),
+    sa.Column("k", sa.Integer(), nullable=False),
     sa.Column("latency_ms", sa.Double(), nullable=False),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("created_at", sa.Double(), nullable=False),
-    sa.Index("ix_predictions_model_request_id_row", "model", "request_id", "row"),
-    sa.Index("ix_predictions_model_created_at", "model", "created_at"),
+    sa.Index("ix_answers_model_request_id", "model", "request_id"),
+    sa.Index("ix_answers_model_created_at", "model", "created_at"),
 )
 
 # One truth per (model, request id, row): the key is the upsert target, last write wins.

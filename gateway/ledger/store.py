@@ -7,30 +7,36 @@ writer's job (``writer.py``).
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import sqlite3
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.ledger import migrate
 from gateway.ledger.records import (
+    Answer,
     FeedbackResult,
     HistoryEntry,
     LabelledRow,
     PairedRow,
-    Prediction,
 )
-from gateway.ledger.schema import deployment_history, deployments, feedback, predictions
+from gateway.ledger.schema import answers, deployment_history, deployments, feedback
 
 # How long a SQLite writer waits for another connection's lock before the driver raises.
 SQLITE_BUSY_TIMEOUT_S = 5.0
 # Request ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits.
 IN_CHUNK = 500
+
+# Packed float arrays: float64, little-endian, whatever the machine.
+FLOAT = np.dtype("<f8")
 
 Key = tuple[str, int]
 
@@ -81,72 +87,98 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    # -- predictions ------------------------------------------------------------------
+    # -- answers ----------------------------------------------------------------------
 
-    def insert_predictions(self, batch: Sequence[Prediction]) -> None:
-        """One executemany in one transaction: all rows or none."""
+    def insert_answers(self, batch: Sequence[dict[str, Any]]) -> None:
+        """One executemany in one transaction: all answers or none. ``batch`` holds
+        ``answer_params`` results (packed in the writer thread)."""
         with self.engine.begin() as connection:
-            connection.execute(predictions.insert(), [_prediction_params(p) for p in batch])
+            connection.execute(answers.insert(), list(batch))
 
-    def count_predictions(self, model: str | None = None) -> int:
-        query = sa.select(sa.func.count()).select_from(predictions)
+    def count_rows(self, model: str | None = None) -> int:
+        """Prediction rows (the sum of the answers' rows), of one model or all."""
+        query = sa.select(sa.func.coalesce(sa.func.sum(answers.c.rows), 0))
         if model is not None:
-            query = query.where(predictions.c.model == model)
+            query = query.where(answers.c.model == model)
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
     def rows(self, model: str, since: float | None = None) -> list[LabelledRow]:
-        p, f = predictions, feedback
-        joined = p.outerjoin(f, _same_key(f, p))
-        query = (
-            sa.select(
-                p.c.request_id,
-                p.c.row,
-                p.c.version,
-                p.c.role,
-                p.c.label,
-                p.c.value,
-                p.c.probabilities,
-                p.c.classes,
-                p.c.latency_ms,
-                p.c.status,
-                p.c.created_at,
-                f.c.truth,
-            )
-            .select_from(joined)
-            .where(p.c.model == model)
-            .order_by(p.c.id)
-        )
+        """Every answer of the model since ``since``, oldest first, expanded into rows.
+
+        Truth is fetched separately (one query for the feedback of the request ids
+        involved) and matched by row here: joining it in SQL would repeat each answer's
+        packed columns once per labelled row.
+        """
+        a = answers
+        selected = a.c.model == model
         if since is not None:
-            query = query.where(p.c.created_at >= since)
+            selected = sa.and_(selected, a.c.created_at >= since)
+        query = sa.select(*_ANSWER_COLUMNS).where(selected).order_by(a.c.id)
+        request_ids = sa.select(a.c.request_id).where(selected)
         with self.engine.connect() as connection:
-            return [_labelled(r) for r in connection.execute(query)]
+            found = connection.execute(query).all()
+            truth = _truths(connection, model, request_ids) if found else {}
+        labelled: list[LabelledRow] = []
+        for r in found:
+            labelled.extend(_expand(r, truth.get(r.request_id, {})))
+        return labelled
 
     def pairs(
         self, model: str, primary: str, candidate: str, since: float | None = None
     ) -> list[PairedRow]:
         """Rows both versions answered OK and whose truth is known.
 
-        A client may reuse a request id; the latest answer of each version then stands,
-        so each (request id, row) is paired once.
+        A client may reuse a request id; the latest OK answer of each version then stands,
+        so each (request id, row) is paired once. ``since`` applies to the primary's answer.
         """
-        a, b, f = predictions.alias("a"), predictions.alias("b"), feedback
+        latest_a = _latest_ok(model, primary, since).subquery("la")
+        latest_b = _latest_ok(model, candidate, None).subquery("lb")
+        a, b = answers.alias("a"), answers.alias("b")
         query = (
             sa.select(
-                a.c.request_id, a.c.row, f.c.truth, a.c.label, a.c.value, b.c.label, b.c.value
+                a.c.request_id,
+                a.c.rows,
+                a.c.labels,
+                a.c.value_data,
+                b.c.rows,
+                b.c.labels,
+                b.c.value_data,
             )
-            .select_from(a.join(b, _same_key(b, a)).join(f, _same_key(f, a)))
-            .where(a.c.model == model, a.c.version == primary, b.c.version == candidate)
-            .where(a.c.status == "OK", b.c.status == "OK")
-            .order_by(a.c.id, b.c.id)
+            .select_from(
+                latest_a.join(a, a.c.id == latest_a.c.id)
+                .join(latest_b, latest_b.c.request_id == latest_a.c.request_id)
+                .join(b, b.c.id == latest_b.c.id)
+            )
+            .order_by(a.c.id)
         )
-        if since is not None:
-            query = query.where(a.c.created_at >= since)
-        paired: dict[Key, PairedRow] = {}
+        paired: list[PairedRow] = []
         with self.engine.connect() as connection:
-            for r in connection.execute(query):
-                paired[(r[0], r[1])] = PairedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
-        return list(paired.values())
+            found = connection.execute(query).all()
+            if not found:
+                return paired
+            truth = _truths(connection, model, sa.select(latest_a.c.request_id))
+        for request_id, a_rows, a_labels, a_values, b_rows, b_labels, b_values in found:
+            known = truth.get(request_id)
+            if not known:
+                continue
+            rows = min(a_rows, b_rows)
+            a_label, a_value = _load_labels(a_labels), _load_values(a_values)
+            b_label, b_value = _load_labels(b_labels), _load_values(b_values)
+            for row in sorted(known):
+                if row < rows:
+                    paired.append(
+                        PairedRow(
+                            request_id,
+                            row,
+                            known[row],
+                            None if a_label is None else a_label[row],
+                            None if a_value is None else a_value[row],
+                            None if b_label is None else b_label[row],
+                            None if b_value is None else b_value[row],
+                        )
+                    )
+        return paired
 
     # -- feedback ---------------------------------------------------------------------
 
@@ -160,10 +192,10 @@ class Store:
             repeated += (request_id, row) in latest
             latest[(request_id, row)] = truth
         with self.engine.begin() as connection:
-            known = _existing_keys(connection, feedback, model, latest)
-            predicted = _existing_keys(connection, predictions, model, latest)
+            known = _existing_keys(connection, model, latest)
+            answered = _answered_rows(connection, model, {request_id for request_id, _ in latest})
             _upsert_feedback(connection, model, latest, now)
-        matched = sum((request_id, row) in predicted for request_id, row, _ in items)
+        matched = sum(row < answered.get(request_id, 0) for request_id, row, _ in items)
         return FeedbackResult(
             accepted=len(items),
             matched=matched,
@@ -215,39 +247,73 @@ class Store:
 # -- helpers --------------------------------------------------------------------------
 
 
-def _same_key(table: sa.FromClause, other: sa.FromClause) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        table.c.model == other.c.model,
-        table.c.request_id == other.c.request_id,
-        table.c.row == other.c.row,
-    )
+_ANSWER_COLUMNS = (
+    answers.c.request_id,
+    answers.c.version,
+    answers.c.role,
+    answers.c.rows,
+    answers.c.labels,
+    answers.c.value_data,
+    answers.c.probabilities,
+    answers.c.classes,
+    answers.c.k,
+    answers.c.latency_ms,
+    answers.c.status,
+    answers.c.created_at,
+)
 
 
-def _prediction_params(p: Prediction) -> dict[str, Any]:
-    """Plain Python values only: numpy scalars would reach neither SQLite nor psycopg."""
-    return {
-        "model": p.model,
-        "request_id": p.request_id,
-        "row": int(p.row),
-        "version": p.version,
-        "role": p.role,
-        "label": None if p.label is None else str(p.label),
-        "value": None if p.value is None else float(p.value),
-        "probabilities": _dump_floats(p.probabilities),
-        "classes": None if p.classes is None else _dump_classes(tuple(p.classes)),
-        "latency_ms": float(p.latency_ms),
-        "status": p.status,
-        "created_at": float(p.created_at),
+def answer_params(answer: Answer) -> tuple[dict[str, Any], int]:
+    """Pack an answer into one row's parameters, and say how many rows it holds.
+
+    Runs in the writer thread. Raises (TypeError, ValueError) for an answer that is not
+    self-consistent, so that it is counted as failed rather than stored unreadable.
+    Plain Python values only: numpy scalars would reach neither SQLite nor psycopg.
+    """
+    if not isinstance(answer, Answer):
+        raise TypeError(f"expected an Answer, got {type(answer).__name__}")
+    rows = operator.index(answer.rows)
+    if rows < 0:
+        raise ValueError(f"answer rows must be >= 0, got {rows}")
+    labels = value_data = probabilities = None
+    k = 0
+    if answer.status == "OK":
+        if answer.labels is not None:
+            if len(answer.labels) != rows:
+                raise ValueError(f"answer labels: {len(answer.labels)} for {rows} rows")
+            labels = json.dumps([str(label) for label in answer.labels])
+        if answer.values is not None:
+            values = np.asarray(answer.values, dtype=FLOAT)
+            if values.shape != (rows,):
+                raise ValueError(f"answer values: shape {values.shape}, want ({rows},)")
+            value_data = values.tobytes()
+        if answer.probabilities is not None:
+            matrix = np.asarray(answer.probabilities, dtype=FLOAT)
+            if matrix.ndim != 2 or matrix.shape[0] != rows:
+                raise ValueError(f"answer probabilities: shape {matrix.shape}, want ({rows}, k)")
+            k = int(matrix.shape[1])
+            probabilities = matrix.tobytes()  # C order: row-major
+    params = {
+        "model": answer.model,
+        "request_id": answer.request_id,
+        "version": answer.version,
+        "role": answer.role,
+        "rows": rows,
+        "labels": labels,
+        "value_data": value_data,
+        "probabilities": probabilities,
+        "classes": None if answer.classes is None else _dump_classes(tuple(answer.classes)),
+        "k": k,
+        "latency_ms": float(answer.latency_ms),
+        "status": answer.status,
+        "created_at": float(answer.created_at),
     }
-
-
-def _dump_floats(values: Iterable[float] | None) -> str | None:
-    return None if values is None else json.dumps([float(v) for v in values])
+    return params, rows
 
 
 @lru_cache(maxsize=1024)
 def _dump_classes(classes: tuple[str, ...]) -> str:
-    """Cached: every row of a model repeats the same class list."""
+    """Cached: every answer of a model repeats the same class list."""
     return json.dumps([str(c) for c in classes])
 
 
@@ -256,39 +322,94 @@ def _load_classes(text: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
 
 
-def _labelled(r: sa.Row[*tuple[Any, ...]]) -> LabelledRow:
-    return LabelledRow(
-        request_id=r.request_id,
-        row=r.row,
-        version=r.version,
-        role=r.role,
-        label=r.label,
-        value=r.value,
-        probabilities=None if r.probabilities is None else tuple(json.loads(r.probabilities)),
-        classes=None if r.classes is None else _load_classes(r.classes),
-        latency_ms=r.latency_ms,
-        status=r.status,
-        created_at=r.created_at,
-        truth=r.truth,
+def _load_labels(text: str | None) -> list[str] | None:
+    return None if text is None else list(json.loads(text))
+
+
+def _load_values(data: bytes | None) -> list[float] | None:
+    return None if data is None else list(np.frombuffer(data, dtype=FLOAT).tolist())
+
+
+def _expand(r: sa.Row[*tuple[Any, ...]], truth: dict[int, str]) -> list[LabelledRow]:
+    """One answer's rows, each with its truth. Built column-wise and positionally: with
+    thousands of rows per answer, this loop is what reading costs."""
+    rows = r.rows
+    absent = itertools.repeat(None)  # stateless: zip stops at range(rows)
+    labels = _load_labels(r.labels) or absent
+    values = _load_values(r.value_data) or absent
+    probabilities: Iterable[tuple[float, ...] | None] = absent
+    if r.probabilities is not None:
+        matrix = np.frombuffer(r.probabilities, dtype=FLOAT).reshape(rows, r.k)
+        probabilities = map(tuple, matrix.tolist())
+    classes = None if r.classes is None else _load_classes(r.classes)
+    request_id, version, role = r.request_id, r.version, r.role
+    latency_ms, status, created_at = r.latency_ms, r.status, r.created_at
+    get_truth = truth.get
+    common = (classes, latency_ms, status, created_at)
+    return [
+        LabelledRow(request_id, row, version, role, label, value, p, *common, get_truth(row))
+        for row, label, value, p in zip(range(rows), labels, values, probabilities, strict=False)
+    ]
+
+
+def _latest_ok(model: str, version: str, since: float | None) -> sa.Select[Any]:
+    """(request id, id of the version's latest OK answer to it)."""
+    a = answers
+    query = (
+        sa.select(a.c.request_id, sa.func.max(a.c.id).label("id"))
+        .where(a.c.model == model, a.c.version == version, a.c.status == "OK")
+        .group_by(a.c.request_id)
     )
+    if since is not None:
+        query = query.where(a.c.created_at >= since)
+    return query
 
 
-def _existing_keys(
-    connection: sa.Connection, table: sa.Table, model: str, keys: Iterable[Key]
-) -> set[Key]:
-    """Which of ``keys`` already have a row in ``table``, looked up by indexed request id."""
+def _truths(
+    connection: sa.Connection, model: str, request_ids: sa.Select[Any]
+) -> dict[str, dict[int, str]]:
+    """Known truth by request id and row, for the request ids the subquery selects."""
+    f = feedback
+    query = sa.select(f.c.request_id, f.c.row, f.c.truth).where(
+        f.c.model == model, f.c.request_id.in_(request_ids)
+    )
+    truth: dict[str, dict[int, str]] = {}
+    for request_id, row, value in connection.execute(query):
+        truth.setdefault(request_id, {})[row] = value
+    return truth
+
+
+def _existing_keys(connection: sa.Connection, model: str, keys: Iterable[Key]) -> set[Key]:
+    """Which of ``keys`` already have feedback, looked up by request id."""
     wanted = set(keys)
     request_ids = sorted({request_id for request_id, _ in wanted})
+    f = feedback
     found: set[Key] = set()
     for start in range(0, len(request_ids), IN_CHUNK):
         chunk = request_ids[start : start + IN_CHUNK]
-        query = (
-            sa.select(table.c.request_id, table.c.row)
-            .where(table.c.model == model, table.c.request_id.in_(chunk))
-            .distinct()
+        query = sa.select(f.c.request_id, f.c.row).where(
+            f.c.model == model, f.c.request_id.in_(chunk)
         )
         found.update((r[0], r[1]) for r in connection.execute(query))
     return found & wanted
+
+
+def _answered_rows(
+    connection: sa.Connection, model: str, request_ids: Iterable[str]
+) -> dict[str, int]:
+    """For each request id with an answer (OK or failed): the most rows any answer has."""
+    ids = sorted(set(request_ids))
+    a = answers
+    answered: dict[str, int] = {}
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
+        query = (
+            sa.select(a.c.request_id, sa.func.max(a.c.rows))
+            .where(a.c.model == model, a.c.request_id.in_(chunk))
+            .group_by(a.c.request_id)
+        )
+        answered.update((r[0], int(r[1])) for r in connection.execute(query))
+    return answered
 
 
 def _upsert_feedback(

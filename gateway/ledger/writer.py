@@ -1,9 +1,11 @@
-"""A bounded queue drained by one background thread that writes in batches.
+"""A bounded queue drained by one background thread that converts and writes in batches.
 
 Why a thread and not the event loop: a database write (an fsync, a lock held by another
 process, a PostgreSQL failover) can take seconds, and the gateway must keep answering
-meanwhile. ``put`` only appends under a lock; when the queue is full it drops and counts,
-so memory stays bounded however long the database stalls.
+meanwhile. So must turning a raw reply into a record: ``put`` only appends the caller's
+item under a lock, and the writer thread ``prepare``s it (decode, pack) just before writing.
+When the queue is full, by item count or by the bytes the callers say their items hold,
+``put`` drops and counts, so memory stays bounded however long the database stalls.
 """
 
 from __future__ import annotations
@@ -12,59 +14,77 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
 from gateway.ledger.records import LedgerStats
 
-T = TypeVar("T")
+P = TypeVar("P")
 
 log = structlog.get_logger(__name__)
 
 # Seconds to wait before each retry of a batch that hit a transient error.
 RETRY_DELAYS = (0.1, 0.3, 1.0, 2.0)
 
+# A prepared item: what ``write`` takes, and how many rows it holds (for the stats).
+Prepared = tuple[P, int]
 
-class BatchWriter(Generic[T]):
-    """Queue rows from any thread; one writer thread hands them to ``write`` in batches.
 
-    Accounting: every accepted row is eventually *handled*, i.e. written or counted as
-    failed. ``flush`` waits for the handled count to reach the accepted count it saw.
+class BatchWriter(Generic[P]):
+    """Queue items from any thread; one writer thread prepares them and hands them to
+    ``write`` in batches.
+
+    ``prepare`` turns a queued item into something ``write`` accepts plus its row count,
+    or ``None`` to skip the item; when it raises, the item counts as failed.
+
+    Accounting (in items): every accepted item is eventually *handled*, i.e. written,
+    skipped or counted as failed. ``flush`` waits for the handled count to reach the
+    accepted count it saw.
     """
 
     def __init__(
         self,
-        write: Callable[[Sequence[T]], None],
+        write: Callable[[Sequence[P]], None],
+        prepare: Callable[[Any], Prepared[P] | None],
         *,
         is_transient: Callable[[BaseException], bool],
-        queue_rows: int,
-        batch_rows: int,
+        queue_items: int,
+        queue_bytes: int,
+        batch_items: int,
         flush_interval_s: float,
         retry_delays: Sequence[float] = RETRY_DELAYS,
         name: str = "ledger-writer",
     ) -> None:
-        if queue_rows < 1 or batch_rows < 1 or flush_interval_s < 0:
-            raise ValueError("queue_rows and batch_rows must be >= 1, flush_interval_s >= 0")
+        if queue_items < 1 or queue_bytes < 1 or batch_items < 1 or flush_interval_s < 0:
+            raise ValueError(
+                "queue_items, queue_bytes and batch_items must be >= 1, flush_interval_s >= 0"
+            )
         self._write = write
+        self._prepare = prepare
         self._is_transient = is_transient
-        self._queue_rows = queue_rows
-        self._batch_rows = batch_rows
+        self._queue_items = queue_items
+        self._queue_bytes = queue_bytes
+        self._batch_items = batch_items
         self._flush_interval_s = flush_interval_s
         self.retry_delays = tuple(retry_delays)
         self._name = name
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)  # the writer waits here for rows
+        self._work = threading.Condition(self._lock)  # the writer waits here for items
         self._done = threading.Condition(self._lock)  # flush() waits here for progress
-        self._queue: deque[T] = deque()
+        self._queue: deque[tuple[Any, int]] = deque()
+        self._queued_bytes = 0  # weight of the queue and of the batch in flight
         self._in_flight = 0
+        self._in_flight_bytes = 0
         self._accepted = 0
         self._handled = 0
         self._written = 0
+        self._written_rows = 0
         self._dropped = 0
         self._failed = 0
         self._batches = 0
         self._last_error: str | None = None
+        self._prepare_errors_logged: set[str] = set()  # writer thread only
         self._flushers = 0
         self._stopping = False
         self._closed = False
@@ -97,29 +117,34 @@ class BatchWriter(Generic[T]):
             return False
         return True
 
-    def put(self, rows: Sequence[T]) -> None:
-        """Queue what fits and drop (and count) the rest. Never blocks on the database."""
-        count = len(rows)
-        if count == 0:
-            return
+    def put(self, item: Any, weight: int = 0) -> None:
+        """Queue one item holding ``weight`` bytes, or drop (and count) it when either
+        bound would be exceeded. O(1); never blocks on the database."""
+        weight = max(int(weight), 0)
         with self._lock:
-            if self._closed:
-                self._dropped += count
+            if (
+                self._closed
+                or len(self._queue) + self._in_flight >= self._queue_items
+                or self._queued_bytes + weight > self._queue_bytes
+            ):
+                self._dropped += 1
                 return
-            room = self._queue_rows - len(self._queue) - self._in_flight
-            taken = min(count, max(room, 0))
-            if taken:
-                before = len(self._queue)
-                self._queue.extend(rows if taken == count else rows[:taken])
-                self._accepted += taken
-                # Wake the writer only when it can act: rows appeared, or a batch filled up.
-                if before == 0 or before < self._batch_rows <= before + taken:
-                    self._work.notify()
-            self._dropped += count - taken
+            self._queue.append((item, weight))
+            self._queued_bytes += weight
+            self._accepted += 1
+            # Wake the writer only when it can act: items appeared, or a batch filled up.
+            size = len(self._queue)
+            if size in (1, self._batch_items):
+                self._work.notify()
+
+    def drop(self) -> None:
+        """Count an item the caller could not even queue."""
+        with self._lock:
+            self._dropped += 1
 
     def flush(self, timeout: float) -> bool:
-        """Block until every row accepted before this call is handled; False on timeout or
-        when no writer thread is running to do it."""
+        """Block until every item accepted before this call is handled; False on timeout
+        or when no writer thread is running to do it."""
         deadline = time.monotonic() + timeout
         with self._lock:
             target = self._accepted
@@ -139,7 +164,8 @@ class BatchWriter(Generic[T]):
     def stats(self) -> LedgerStats:
         with self._lock:
             return LedgerStats(
-                recorded=self._written,
+                recorded_answers=self._written,
+                recorded_rows=self._written_rows,
                 queued=len(self._queue) + self._in_flight,
                 dropped=self._dropped,
                 failed=self._failed,
@@ -151,15 +177,20 @@ class BatchWriter(Generic[T]):
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
-            try:
-                written, error = self._deliver(batch)
-            except Exception as e:  # a bug in our own code must not end the thread
-                written, error = 0, describe(e)
-            self._settle(len(batch), written, error)
+            prepared, failed, error = self._prepare_all(batch)
+            written, rows = 0, 0
+            if prepared:
+                try:
+                    written, rows, write_error = self._deliver(prepared)
+                except Exception as e:  # a bug in our own code must not end the thread
+                    write_error = describe(e)
+                error = write_error or error
+                failed += len(prepared) - written
+            self._settle(len(batch), written, rows, failed, error, wrote=bool(prepared))
 
-    def _take(self) -> list[T] | None:
-        """The next batch: up to batch_rows, waiting at most flush_interval_s for it to fill
-        (not at all when someone flushes or stops). None when stopped and drained."""
+    def _take(self) -> list[Any] | None:
+        """The next batch: up to batch_items, waiting at most flush_interval_s for it to
+        fill (not at all when someone flushes or stops). None when stopped and drained."""
         with self._lock:
             while not self._queue and not self._stopping:
                 self._work.wait()
@@ -167,51 +198,86 @@ class BatchWriter(Generic[T]):
                 self._closed = True
                 self._done.notify_all()
                 return None
-            if len(self._queue) < self._batch_rows and not (self._stopping or self._flushers):
+            if len(self._queue) < self._batch_items and not (self._stopping or self._flushers):
                 self._work.wait(self._flush_interval_s)
-            size = min(self._batch_rows, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(size)]
+            size = min(self._batch_items, len(self._queue))
+            batch = []
+            weight = 0
+            for _ in range(size):
+                item, item_weight = self._queue.popleft()
+                batch.append(item)
+                weight += item_weight
             self._in_flight = size
+            self._in_flight_bytes = weight
             return batch
 
-    def _deliver(self, batch: list[T]) -> tuple[int, str | None]:
-        """Write the batch, retrying transient errors; rows the database rejects outright
-        are retried one by one so that one bad row does not lose its neighbours."""
+    def _prepare_all(self, batch: list[Any]) -> tuple[list[Prepared[P]], int, str | None]:
+        """Prepare each item outside the lock. Returns what to write, how many items
+        failed to prepare and the last such error; skipped items are simply left out."""
+        prepared: list[Prepared[P]] = []
+        failed = 0
+        error: str | None = None
+        for item in batch:
+            try:
+                result = self._prepare(item)
+            except Exception as e:
+                failed += 1
+                error = describe(e)
+                kind = type(e).__qualname__
+                if kind not in self._prepare_errors_logged:  # once per error type
+                    self._prepare_errors_logged.add(kind)
+                    log.warning("ledger could not convert an item", error=error)
+                continue
+            if result is not None:
+                prepared.append(result)
+        return prepared, failed, error
+
+    def _deliver(self, batch: list[Prepared[P]]) -> tuple[int, int, str | None]:
+        """Write the batch, retrying transient errors; items the database rejects outright
+        are retried one by one so that one bad item does not lose its neighbours.
+        Returns (items written, rows they hold, error)."""
+        records = [record for record, _ in batch]
         error: BaseException | None = None
         for delay in (0.0, *self.retry_delays):
             if delay:
                 time.sleep(delay)
             try:
-                self._write(batch)
-                return len(batch), None
+                self._write(records)
+                return len(batch), sum(rows for _, rows in batch), None
             except Exception as e:
                 error = e
                 if not self._is_transient(e):
                     break
         assert error is not None
         summary = describe(error)
-        log.warning("ledger batch failed", rows=len(batch), error=summary)
+        log.warning("ledger batch failed", items=len(batch), error=summary)
         if len(batch) > 1 and not self._is_transient(error):
-            return self._deliver_each(batch), summary
-        return 0, summary
+            return (*self._deliver_each(batch), summary)
+        return 0, 0, summary
 
-    def _deliver_each(self, batch: list[T]) -> int:
-        written = 0
-        for item in batch:
+    def _deliver_each(self, batch: list[Prepared[P]]) -> tuple[int, int]:
+        written, rows = 0, 0
+        for record, record_rows in batch:
             try:
-                self._write([item])
-                written += 1
+                self._write([record])
             except Exception:
                 continue
-        return written
+            written += 1
+            rows += record_rows
+        return written, rows
 
-    def _settle(self, size: int, written: int, error: str | None) -> None:
+    def _settle(
+        self, size: int, written: int, rows: int, failed: int, error: str | None, *, wrote: bool
+    ) -> None:
         with self._lock:
+            self._queued_bytes -= self._in_flight_bytes
             self._in_flight = 0
+            self._in_flight_bytes = 0
             self._handled += size
             self._written += written
-            self._failed += size - written
-            self._batches += 1
+            self._written_rows += rows
+            self._failed += failed
+            self._batches += wrote
             if error is not None:
                 self._last_error = error
             self._done.notify_all()

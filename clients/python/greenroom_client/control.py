@@ -65,6 +65,7 @@ def report_dict(r: cpb.ReportResponse) -> dict[str, Any]:
         "versions": [_version_dict(v) for v in r.versions],
         "ledger": {
             "recorded": ledger.recorded,
+            "recorded_answers": ledger.recorded_answers,
             "queued": ledger.queued,
             "dropped": ledger.dropped,
             "failed": ledger.failed,

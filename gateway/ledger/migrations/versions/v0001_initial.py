@@ -1,4 +1,4 @@
-"""Create the ledger: predictions, feedback, deployments and their history.
+"""Create the ledger: answers, feedback, deployments and their history.
 
 Revision ID: 0001
 Revises:
@@ -23,26 +23,25 @@ Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 def upgrade() -> None:
     op.create_table(
-        "predictions",
+        "answers",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column("model", sa.String(), nullable=False),
         sa.Column("request_id", sa.String(), nullable=False),
-        sa.Column("row", sa.Integer(), nullable=False),
         sa.Column("version", sa.String(), nullable=False),
         sa.Column("role", sa.String(16), nullable=False),
-        sa.Column("label", sa.Text(), nullable=True),
-        sa.Column("value", sa.Double(), nullable=True),
-        sa.Column("probabilities", sa.Text(), nullable=True),
+        sa.Column("rows", sa.Integer(), nullable=False),
+        sa.Column("labels", sa.Text(), nullable=True),
+        sa.Column("value_data", sa.LargeBinary(), nullable=True),
+        sa.Column("probabilities", sa.LargeBinary(), nullable=True),
         sa.Column("classes", sa.Text(), nullable=True),
+        sa.Column("k", sa.Integer(), nullable=False),
         sa.Column("latency_ms", sa.Double(), nullable=False),
         sa.Column("status", sa.String(32), nullable=False),
         sa.Column("created_at", sa.Double(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_predictions"),
+        sa.PrimaryKeyConstraint("id", name="pk_answers"),
     )
-    op.create_index(
-        "ix_predictions_model_request_id_row", "predictions", ["model", "request_id", "row"]
-    )
-    op.create_index("ix_predictions_model_created_at", "predictions", ["model", "created_at"])
+    op.create_index("ix_answers_model_request_id", "answers", ["model", "request_id"])
+    op.create_index("ix_answers_model_created_at", "answers", ["model", "created_at"])
     op.create_table(
         "feedback",
         sa.Column("model", sa.String(), nullable=False),
@@ -78,4 +77,4 @@ def downgrade() -> None:
     op.drop_table("deployment_history")
     op.drop_table("deployments")
     op.drop_table("feedback")
-    op.drop_table("predictions")
+    op.drop_table("answers")

@@ -489,6 +489,8 @@ Global___VersionReport: _TypeAlias = VersionReport  # noqa: Y015
 
 @_typing.final
 class LedgerStats(_message.Message):
+    """The ledger keeps one record per answer (one version's answer to one request)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -517,12 +519,17 @@ class LedgerStats(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     SHADOW_DROPS_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    RECORDED_ANSWERS_FIELD_NUMBER: _builtins.int
     recorded: _builtins.int
+    """Prediction rows written."""
     queued: _builtins.int
+    """Answers waiting to be written."""
     dropped: _builtins.int
-    """Rows the gateway answered but could not record (queue full or database errors)."""
+    """Answers the gateway gave but could not record: the queue was full."""
     failed: _builtins.int
+    """Answers lost to database or conversion errors."""
     last_error: _builtins.str
+    recorded_answers: _builtins.int
     @_builtins.property
     def shadow_drops(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Shadow copies not sent because the shadow was saturated, per version."""
@@ -536,10 +543,11 @@ class LedgerStats(_message.Message):
         failed: _builtins.int = ...,
         shadow_drops: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         last_error: _builtins.str = ...,
+        recorded_answers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "failed", b"failed", "last_error", b"last_error", "queued", b"queued", "recorded", b"recorded", "shadow_drops", b"shadow_drops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "failed", b"failed", "last_error", b"last_error", "queued", b"queued", "recorded", b"recorded", "recorded_answers", b"recorded_answers", "shadow_drops", b"shadow_drops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
