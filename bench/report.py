@@ -13,6 +13,8 @@ from ghzrun import RunStats
 
 MB = 1e6
 ECHO, FLOOR, RUNNER, GATEWAY = "echo", "two-hop-floor", "runner-direct", "gateway"
+# The gateway without recording answers, and with one shadow at fraction 1.0.
+NO_LEDGER, SHADOW = "gateway-no-ledger", "gateway-shadow"
 ONE, THOUSAND = "1-row", "1000-row"
 
 
@@ -57,6 +59,7 @@ class Results:
     skipped: dict[str, str] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     rss: dict[str, Any] = field(default_factory=dict)
+    ledger_rate: dict[str, Any] = field(default_factory=dict)
 
     def stats(self, target: str, payload: str, concurrency: int) -> RunStats | None:
         """The run's stats, None if it was not run or had any error (no ratio from it)."""
@@ -182,8 +185,45 @@ def _rss_goal(r: Results) -> Ratio:
     return _goal("gateway RSS (MB), after the run", gateway, "< 150", lambda v: v < 150, note)
 
 
+def _ledger_and_shadow_ratios(r: Results) -> list[Ratio]:
+    return [
+        _goal(
+            "gateway with one shadow at 1.0 p50 / gateway p50, 1-row c=1",
+            _divide(_p50(r, SHADOW, ONE), _p50(r, GATEWAY, ONE)),
+            "<= 1.2",
+            lambda v: v <= 1.2,
+        ),
+        _goal(
+            "gateway (ledger on) rps / gateway-no-ledger rps, 1-row c=16",
+            _divide(_rps(r, GATEWAY, ONE), _rps(r, NO_LEDGER, ONE)),
+            ">= 0.9",
+            lambda v: v >= 0.9,
+        ),
+        Ratio(
+            "gateway (ledger on) p50 / gateway-no-ledger p50, 1000-row c=1",
+            _divide(_p50(r, GATEWAY, THOUSAND), _p50(r, NO_LEDGER, THOUSAND)),
+        ),
+        Ratio(
+            "gateway-no-ledger p50 / two-hop floor p50, 1-row c=1",
+            _divide(_p50(r, NO_LEDGER, ONE), _p50(r, FLOOR, ONE)),
+        ),
+        _goal(
+            "ledger rows/s into SQLite (1-row answers, writer thread)",
+            r.ledger_rate.get("rows_per_s"),
+            ">= 5000",
+            lambda v: v >= 5000,
+            r.ledger_rate.get("note", ""),
+        ),
+    ]
+
+
 def ratios(results: Results) -> list[Ratio]:
-    return [*_floor_ratios(results), *_runner_ratios(results), _rss_goal(results)]
+    return [
+        *_floor_ratios(results),
+        *_runner_ratios(results),
+        *_ledger_and_shadow_ratios(results),
+        _rss_goal(results),
+    ]
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -235,6 +275,7 @@ def write_json(results: Results, items: list[Ratio], path: Path) -> None:
         "skipped": results.skipped,
         "failed": results.failed,
         "rss": results.rss,
+        "ledger_rate": results.ledger_rate,
         "ratios": [item.to_json() for item in items],
     }
     path.write_text(json.dumps(document, indent=2, allow_nan=False, default=str) + "\n")

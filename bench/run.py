@@ -5,6 +5,9 @@ Targets, each started as its own process on 127.0.0.1 port 0:
   two-hop-floor  bench/floor.py proxy -> echo (raw-bytes forwarding: the Python floor)
   runner-direct  python -m runners (the LogisticRegression trained here)
   gateway        greenroom serve (which starts its own runner for the same model)
+  gateway-no-ledger  the same with --no-record (answers not recorded)
+  gateway-shadow     the same with version 2 (a copy of 1) deployed as a shadow at 1.0
+Then the ledger's writer alone: rows/s into SQLite (bench/ledger_rate.py).
 All are started first; then, scenario by scenario (payload, concurrency), each target
 gets a warmup run, then the targets take turns for a few short measured rounds, whose
 calls are pooled: the runs a ratio compares are interleaved in time, so that background
@@ -21,6 +24,7 @@ import contextlib
 import datetime
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +36,10 @@ from typing import Any
 
 import grpc
 
+from greenroom_client.control import ControlClient
+
 import ghzrun
+import ledger_rate
 import procs
 import report
 from payloads import (
@@ -43,7 +50,20 @@ from payloads import (
     train_model,
     write_payload,
 )
-from report import ECHO, FLOOR, GATEWAY, ONE, RUNNER, THOUSAND, Results, Run
+from report import (
+    ECHO,
+    FLOOR,
+    GATEWAY,
+    NO_LEDGER,
+    ONE,
+    RUNNER,
+    SHADOW,
+    THOUSAND,
+    Results,
+    Run,
+)
+
+ALL_TARGETS = (ECHO, FLOOR, RUNNER, GATEWAY, NO_LEDGER, SHADOW)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -83,11 +103,9 @@ def _parse_args(argv: list[str] | None) -> Plan:
         default="uds",
         help="proxy -> echo link (the gateway reaches its runners over unix sockets)",
     )
-    parser.add_argument(
-        "--targets", default=f"{ECHO},{FLOOR},{RUNNER},{GATEWAY}", help="comma-separated"
-    )
+    parser.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma-separated")
     args = parser.parse_args(argv)
-    unknown = set(args.targets.split(",")) - {ECHO, FLOOR, RUNNER, GATEWAY}
+    unknown = set(args.targets.split(",")) - set(ALL_TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     scenarios = [(ONE, 1), (ONE, 16), (THOUSAND, 1)]
@@ -200,8 +218,16 @@ def record_rss(ctx: Context, servers: dict[str, procs.Server]) -> None:
         }
 
 
+def _gateway_argv(repo: Path, data_dir: Path, *extra: str) -> list[str]:
+    return [
+        str(Path(PYTHON).parent / "greenroom"), "serve",
+        "--repo", str(repo), "--host", "127.0.0.1", "--port", "0",
+        "--data-dir", str(data_dir), *extra,
+    ]  # fmt: skip
+
+
 def _argvs(work: Path) -> dict[str, list[str]]:
-    floor_py, repo, data_dir = str(ROOT / "bench" / "floor.py"), work / "models", work / "data"
+    floor_py, repo = str(ROOT / "bench" / "floor.py"), work / "models"
     return {
         ECHO: [PYTHON, floor_py, "echo", "--address", "127.0.0.1:0", "--uds", _socket(work)],
         FLOOR: [PYTHON, floor_py, "proxy", "--address", "127.0.0.1:0", "--upstream"],
@@ -211,12 +237,16 @@ def _argvs(work: Path) -> dict[str, list[str]]:
             "--name", MODEL_NAME, "--version", MODEL_VERSION,
             "--address", "127.0.0.1:0",
         ],
-        GATEWAY: [
-            str(Path(PYTHON).parent / "greenroom"), "serve",
-            "--repo", str(repo), "--host", "127.0.0.1", "--port", "0",
-            "--data-dir", str(data_dir),
-        ],
+        GATEWAY: _gateway_argv(repo, work / "data"),
+        NO_LEDGER: _gateway_argv(repo, work / "data-no-ledger", "--no-record"),
+        SHADOW: _gateway_argv(work / "models-shadow", work / "data-shadow"),
     }  # fmt: skip
+
+
+def _deploy_shadow(server: procs.Server) -> None:
+    """Version 2, the same artifact as 1, watches every request."""
+    with ControlClient(server.address) as control:
+        control.deploy(MODEL_NAME, MODEL_VERSION, shadows={"2": 1.0}, reason="benchmark")
 
 
 def _socket(work: Path) -> str:
@@ -233,9 +263,12 @@ def start_all(ctx: Context, stack: contextlib.ExitStack, work: Path) -> dict[str
             link = f"unix:{_socket(work)}" if ctx.plan.floor_link == "uds" else echo.address
             argv = [*argvs[FLOOR], link]
             started[FLOOR] = stack.enter_context(serving(ctx, FLOOR, argv))
-    for name in (RUNNER, GATEWAY):
+    for name in (RUNNER, GATEWAY, NO_LEDGER, SHADOW):
         if name in wanted:
             started[name] = stack.enter_context(serving(ctx, name, argvs[name]))
+    shadow = started.get(SHADOW)
+    if shadow is not None:
+        _deploy_shadow(shadow)
     return {name: s for name, s in started.items() if s is not None and name in wanted}
 
 
@@ -299,13 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="greenroom-bench-") as tmp:
         work = Path(tmp)
-        train_model(work / "models")
+        version_dir = train_model(work / "models")
+        shadowed = work / "models-shadow" / MODEL_NAME
+        shutil.copytree(version_dir, shadowed / MODEL_VERSION)
+        shutil.copytree(version_dir, shadowed / "2")
         payloads = {ONE: write_payload(work, ONE, 1), THOUSAND: write_payload(work, THOUSAND, 1000)}
         ctx = Context(plan, payloads, Results(meta=_meta(plan, payloads)), log_dir)
         with contextlib.ExitStack() as stack:
             servers = start_all(ctx, stack, work)
             measure_all(ctx, servers)
             record_rss(ctx, servers)
+        say("measuring the ledger's writer (50,000 answers into SQLite) ...")
+        ctx.results.ledger_rate = ledger_rate.measure()
     _summary(ctx, time.monotonic() - began)
     return 0
 

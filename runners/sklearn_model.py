@@ -68,6 +68,37 @@ def _classifier_outputs(estimator: Any, where: str) -> list[TensorSpec]:
     return outputs
 
 
+# Classifiers whose predict() is by definition the class of highest predict_proba (up to
+# ties, which are asked of predict itself): one probability pass answers both outputs.
+_ARGMAX_CONSISTENT = frozenset(
+    {
+        "LogisticRegression",
+        "DecisionTreeClassifier",
+        "ExtraTreeClassifier",
+        "RandomForestClassifier",
+        "ExtraTreesClassifier",
+        "GradientBoostingClassifier",
+        "HistGradientBoostingClassifier",
+        "GaussianNB",
+        "MultinomialNB",
+        "BernoulliNB",
+        "ComplementNB",
+        "CategoricalNB",
+    }
+)
+
+
+def _argmax_classes(estimator: Any) -> npt.NDArray[Any] | None:
+    """classes_ when predict may be taken from predict_proba's argmax, else None."""
+    final = estimator[-1] if isinstance(estimator, Pipeline) else estimator
+    classes = getattr(estimator, "classes_", None)
+    if type(final).__name__ not in _ARGMAX_CONSISTENT or classes is None:
+        return None
+    if isinstance(classes, list) or not hasattr(estimator, "predict_proba"):
+        return None
+    return np.asarray(classes)
+
+
 def _class_names(estimator: Any, outputs: list[Binding]) -> dict[str, dict[str, str]]:
     """``classes`` (JSON, as text) on the probabilities output: its columns' labels."""
     classes = getattr(estimator, "classes_", None)
@@ -138,11 +169,19 @@ class SklearnModel(Model):
         methods: dict[str, Method],
         *,
         allow_nan: bool = False,
+        classes: npt.NDArray[Any] | None = None,
     ):
         super().__init__(name, version, inputs, outputs)
         self._input = inputs[0].spec.name
         self._methods = {b.spec.name: methods[b.native] for b in outputs}
         self._allow_nan = allow_nan
+        self._classes = classes
+        served = {b.native: b.spec.name for b in outputs}
+        self._one_pass = (
+            (served["label"], served["probabilities"])
+            if classes is not None and "label" in served and "probabilities" in served
+            else None
+        )
 
     @classmethod
     def load(cls, artifact: Path, name: str, version: str, config: ModelConfig) -> SklearnModel:
@@ -168,6 +207,7 @@ class SklearnModel(Model):
             bind(native, config.outputs, "outputs", yaml),
             methods,
             allow_nan=_allows_nan(estimator),
+            classes=_argmax_classes(estimator),
         )
         model.output_parameters = _class_names(estimator, model.output_bindings)
         return model
@@ -185,6 +225,27 @@ class SklearnModel(Model):
 
     def predict(self, inputs: Arrays, outputs: Sequence[str] | None = None) -> Arrays:
         features = inputs[self._input]
-        names = self._methods if outputs is None else outputs
+        names = list(self._methods if outputs is None else outputs)
         with sklearn.config_context(assume_finite=True):  # ``check`` did it, per request
+            if self._one_pass is not None and set(self._one_pass) <= set(names):
+                return self._label_from_probabilities(features, names)
             return {name: self._methods[name](features) for name in names}
+
+    def _label_from_probabilities(self, features: npt.NDArray[Any], names: list[str]) -> Arrays:
+        """Label and probabilities from one probability pass, for estimators whose predict
+        is the most probable class; rows with a tied top probability ask predict itself,
+        so the label is always exactly what predict would say."""
+        assert self._one_pass is not None and self._classes is not None
+        label_name, proba_name = self._one_pass
+        proba = self._methods[proba_name](features)
+        label = self._classes[np.argmax(proba, axis=1)]
+        if proba.shape[1] > 1:
+            top2 = np.sort(proba, axis=1)[:, -2:]
+            tied = top2[:, 0] == top2[:, 1]
+            if tied.any():
+                label[tied] = self._methods[label_name](features[tied])
+        answer = {label_name: label, proba_name: proba}
+        return {
+            name: answer[name] if name in answer else self._methods[name](features)
+            for name in names
+        }

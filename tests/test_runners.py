@@ -33,6 +33,7 @@ from greenroom_client.tensors import TensorSpec
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from runners.config import ConfigError, ModelConfig, load_model_config
 from runners.model import load_model
+from runners.sklearn_model import SklearnModel
 from tests.runner_fixtures import (
     Runner,
     float_rows,
@@ -573,3 +574,20 @@ def test_taken_port_exits_4(iris: Runner, tmp_path: Path) -> None:
         assert "cannot listen" in runner.log()
     finally:
         runner.kill()
+
+
+def test_one_probability_pass_gives_exactly_predicts_labels(tmp_path: Path) -> None:
+    """Label from predict_proba's argmax (one pass) must still equal predict(), ties too."""
+    x = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [-1.0, 3.0]], dtype=np.float32)
+    clf = LogisticRegression().fit(x, [0, 1, 1, 0])
+    # Decision 1e-18 > 0 says class 1, but its probabilities round to a tie (0.5, 0.5).
+    clf.coef_[:] = 0.0
+    clf.intercept_[:] = 1e-18
+    path = tmp_path / "m" / "1"
+    path.mkdir(parents=True)
+    joblib.dump(clf, path / "model.joblib")
+    model = SklearnModel.load(path / "model.joblib", "m", "1", ModelConfig())
+    answer = model.predict({"input": x}, ["label", "probabilities"])
+    np.testing.assert_array_equal(answer["label"], clf.predict(x))
+    np.testing.assert_array_equal(answer["probabilities"], clf.predict_proba(x))
+    assert list(answer["label"]) == [1, 1, 1, 1]
