@@ -92,8 +92,8 @@ class Context:
 
 def _parse_args(argv: list[str] | None) -> Plan:
     parser = argparse.ArgumentParser(description="Greenroom benchmark (ghz)")
-    parser.add_argument("--duration", type=float, default=1.5, help="seconds per round")
-    parser.add_argument("--rounds", type=int, default=3, help="measured runs per target")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per round")
+    parser.add_argument("--rounds", type=int, default=4, help="measured runs per target")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warmup")
     parser.add_argument("--no-c16-large", action="store_true", help="skip 1000-row at c=16")
     parser.add_argument("--start-timeout", type=float, default=90.0)
