@@ -31,10 +31,14 @@ from greenroom_proto.inference import grpc_service_pb2 as pb
 MiB = 1024 * 1024
 # The gateway's defaults: 64 MiB requests plus 16 MiB headroom at the transport.
 TRANSPORT_LIMIT = 80 * MiB
+# The same transport settings as the gateway's server and runner channels, so that the
+# floor is what this gateway's settings would give a bare proxy, not an untuned one.
 OPTIONS = [
     ("grpc.max_receive_message_length", TRANSPORT_LIMIT),
     ("grpc.max_send_message_length", TRANSPORT_LIMIT),
     ("grpc.so_reuseport", 0),
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.enable_retries", 0),
 ]
 LISTENING = "GREENROOM_FLOOR_LISTENING"
 

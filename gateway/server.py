@@ -42,6 +42,9 @@ def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", settings.transport_limit),
         # A busy port is an error, not a silent second listener.
         ("grpc.so_reuseport", 0),
+        # No HTTP/2 bandwidth-delay probing: a PING per data burst costs more than it
+        # tunes on loopback and LAN links (measured with make bench).
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 

@@ -74,6 +74,10 @@ def channel_options(settings: GatewaySettings) -> list[tuple[str, int]]:
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
+        # The gateway decides about retries itself (it never retries an inference), and
+        # runners are on this host: no transparent retries, no bandwidth probing.
+        ("grpc.enable_retries", 0),
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 

@@ -285,6 +285,7 @@ def build_server(servicer: InferenceServicer, health_servicer: Any, pool_threads
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be silently shared
+            ("grpc.http2.bdp_probe", 0),  # no bandwidth probing on a same-host link
         ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
