@@ -50,12 +50,13 @@ def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
 
 def open_ledger(settings: GatewaySettings) -> Ledger:
     """Answers are queued raw and converted in the ledger's writer thread (``to_answer``)."""
+    queue, interval = settings.ledger_queue_answers, settings.ledger_flush_interval_s
     if settings.database_url:
         return Ledger(
-            settings.database_url, convert=to_answer, queue_items=settings.ledger_queue_answers
+            settings.database_url, convert=to_answer, queue_items=queue, flush_interval_s=interval
         )
     return Ledger.for_data_dir(
-        settings.data_dir, convert=to_answer, queue_items=settings.ledger_queue_answers
+        settings.data_dir, convert=to_answer, queue_items=queue, flush_interval_s=interval
     )
 
 

@@ -41,6 +41,8 @@ class GatewaySettings(BaseSettings):
     record_predictions: bool = True
     # Answers waiting for the ledger's writer; beyond this they are dropped and counted.
     ledger_queue_answers: int = Field(default=20_000, gt=0)
+    # How long the writer lets answers gather before a write: fewer, larger transactions.
+    ledger_flush_interval_s: float = Field(default=0.2, gt=0)
     # Shadow copies: at most this many in flight per shadow version (more are dropped and
     # counted), each under its own deadline.
     shadow_limit: int = Field(default=64, gt=0)
