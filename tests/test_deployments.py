@@ -1,0 +1,79 @@
+"""Deployments: validation, routing by canary weight, shadow sampling, promotion."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway.deployments import Canary, Deployment, Shadow
+from greenroom_client.control import ControlClient
+from greenroom_client.errors import InvalidArgument, VersionNotFound
+from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
+from tests.conftest import GatewayProcess
+from tests.models import churn_data
+from tests.test_gateway import request
+
+VERSIONS = ["1", "2", "3"]
+
+
+def test_canary_weight_and_shadow_fraction_are_sampled_per_request() -> None:
+    deployment = Deployment("m", "1", Canary("2", 0.25), (Shadow("3", 0.5),))
+    rng = random.Random(7)
+    routes = [deployment.route(rng) for _ in range(20_000)]
+    canary_share = sum(role == "canary" for _, role in routes) / len(routes)
+    assert {v for v, _ in routes} == {"1", "2"}
+    assert canary_share == pytest.approx(0.25, abs=0.015)
+    copies = sum(deployment.sample_shadows(rng) == ["3"] for _ in range(20_000)) / 20_000
+    assert copies == pytest.approx(0.5, abs=0.015)
+    assert Deployment("m", "1", Canary("2", 0.0)).route(rng) == ("1", "primary")
+
+
+@pytest.mark.parametrize(
+    ("deployment", "error", "words"),
+    [
+        (Deployment("m", "9"), VersionNotFound, "no version '9'"),
+        (Deployment("m", "1", Canary("2", 1.5)), InvalidArgument, "canary 2 weight"),
+        (Deployment("m", "1", None, (Shadow("2", -0.1),)), InvalidArgument, "shadow 2 fraction"),
+        (Deployment("m", "1", Canary("2", 0.1), (Shadow("2", 1.0),)), InvalidArgument, "one role"),
+    ],
+)
+def test_invalid_deployments_are_refused(
+    deployment: Deployment, error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words):
+        deployment.validate(VERSIONS)
+
+
+def test_promotion_keeps_the_old_primary_watching() -> None:
+    before = Deployment("m", "1", Canary("3", 0.1), (Shadow("2", 1.0),))
+    after = before.promoted("2", old_primary_fraction=0.5)
+    assert after == Deployment("m", "2", Canary("3", 0.1), (Shadow("1", 0.5),))
+    assert before.promoted("2", old_primary_fraction=0.0).shadows == ()
+    assert Deployment.from_dict(after.as_dict()) == after
+
+
+def test_a_canary_answers_its_share_through_the_gateway(repo: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "churn").symlink_to(repo / "churn")
+    gateway = GatewayProcess(models, tmp_path / "data")
+    x, _ = churn_data()
+    try:
+        with ControlClient(gateway.target) as control:
+            control.deploy("churn", "1", canary=("2", 1.0), reason="all to the canary")
+            with grpc.insecure_channel(gateway.target) as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                served = {
+                    stub.ModelInfer(request("churn", {"input": x[:1]})).model_version
+                    for _ in range(20)
+                }
+                named = stub.ModelInfer(request("churn", {"input": x[:1]}, model_version="1"))
+            report = control.report("churn")
+        assert served == {"2"} and named.model_version == "1"
+        roles = {v["version"]: (v["role"], v["predictions"]) for v in report["versions"]}
+        assert roles == {"1": ("primary", 1), "2": ("canary", 20)}
+    finally:
+        gateway.stop()
