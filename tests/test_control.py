@@ -17,6 +17,8 @@ import pytest
 
 from greenroom_client.control import ControlClient
 from greenroom_client.errors import GreenroomError, InvalidArgument, NotFound
+from greenroom_proto.greenroom.v1 import control_pb2 as cpb
+from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import GatewayProcess
 from tests.models import churn_data
@@ -156,3 +158,24 @@ def test_sigterm_under_load_loses_no_answered_prediction(repo: Path, tmp_path: P
         recorded = {row[0] for row in db.execute("SELECT request_id FROM answers")}
     missing = set(answered) - recorded
     assert not missing, f"{len(missing)} of {len(answered)} answered predictions not in the ledger"
+
+
+def test_unary_feedback_for_an_unseen_id_joins_when_the_answer_comes(
+    churn_gateway: GatewayProcess,
+) -> None:
+    x, _ = churn_data()
+    with grpc.insecure_channel(churn_gateway.target) as channel:
+        feedback = cpb_grpc.FeedbackStub(channel)
+        batch = cpb.FeedbackBatch(
+            model="churn", items=[cpb.FeedbackItem(request_id="late", label="1")]
+        )
+        first = feedback.SendFeedback(batch)
+        assert (first.accepted, first.matched, first.unmatched) == (1, 0, 1)
+        again = feedback.SendFeedback(batch)
+        assert again.duplicates == 1
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            request("churn", {"input": x[:1]}, id="late")
+        )
+    with ControlClient(churn_gateway.target) as control:
+        primary = control.report("churn")["versions"][0]
+    assert (primary["version"], primary["predictions"], primary["labelled"]) == ("1", 1, 1)
