@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TRITON_VENV := .venv-tritonclient
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint proto proto-check bench clean tritonclient postgres
+.PHONY: install run test lint proto proto-check bench clean tritonclient postgres clients
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ $(TRITON_VENV)/.installed: tests/tritonclient-requirements.txt
 # tests start a throwaway cluster of their own). Does nothing when they are there.
 postgres:
 	bash .ci/postgres.sh
+
+# Clients in other languages, generated from proto/ and built (the tests build them too).
+clients:
+	$(MAKE) -C clients/node build
 
 run: install
 	$(VENV)/bin/greenroom demo
@@ -53,4 +57,5 @@ bench: install
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) .greenroom bench/.tools bench/results/logs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) .greenroom bench/.tools bench/results/logs
+	$(MAKE) -C clients/node clean .pytest_cache .mypy_cache .ruff_cache
