@@ -30,7 +30,8 @@ postgres:
 	bash .ci/postgres.sh
 
 # Clients in other languages, generated from proto/ and built (the tests build them too).
-clients:
+clients: install
+	$(MAKE) -C clients/go build PYTHON=$(abspath $(PY))
 	$(MAKE) -C clients/node build
 
 run: install
@@ -58,4 +59,5 @@ bench: install
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .greenroom bench/.tools bench/results/logs
-	$(MAKE) -C clients/node clean .pytest_cache .mypy_cache .ruff_cache
+	$(MAKE) -C clients/node clean
+	$(MAKE) -C clients/go clean .pytest_cache .mypy_cache .ruff_cache
