@@ -72,12 +72,12 @@ class Router:
         shadows = deployment.sample_shadows(self.rng) if deployment.shadows else []
         return Plan(self.runners[(name, chosen)], role, shadows)
 
-    def output_roles(self, name: str) -> OutputRoles:
-        """Which outputs the ledger reads, from the primary's signature and model.yaml."""
-        config = self.model(name).config
-        runner = self.resolve(name)
+    def output_roles(self, name: str, version: str = "") -> OutputRoles:
+        """Which outputs the ledger reads, from the version's signature and model.yaml
+        (the primary's when ``version`` is empty)."""
+        runner = self.resolve(name, version)
         outputs = runner.signature.outputs if runner.signature else []
-        return OutputRoles.infer(outputs, config.classes)
+        return OutputRoles.infer(outputs, self.model(name).config.classes)
 
 
 def signature_of(runner: Runner) -> Signature:

@@ -71,10 +71,8 @@ class RolesCache:
         key = (model, version)
         roles = self._cache.get(key)
         if roles is None:
-            runner = self.router.resolve(model, version)
-            outputs = runner.signature.outputs if runner.signature else []
-            roles = OutputRoles.infer(outputs, self.router.model(model).config.classes)
-            if runner.signature is not None:
+            roles = self.router.output_roles(model, version)
+            if self.router.resolve(model, version).signature is not None:
                 self._cache[key] = roles
         return roles
 

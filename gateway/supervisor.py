@@ -187,6 +187,13 @@ class Runner:
             reply: bytes = await pending
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.where, timeout) from None
+        except asyncio.CancelledError:
+            # Closing the channel of a runner that died cancels its calls; that is the
+            # runner's failure, not this request's cancellation, unless it is ours.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise Unavailable(f"{self.where}: runner went away during the call") from None
         finally:
             self._in_flight -= 1
         return reply + self._own_fields if self.entry.external else reply
