@@ -128,8 +128,9 @@ class Runner:
         self._in_flight = 0
         self._drainer: asyncio.Task[None] | None = None
         ext = entry.external
+        self._remote = ext if ext is not None and ext.address is not None else None
         self._remote_fields = b""
-        if ext is not None:
+        if self._remote is not None and ext is not None:
             self._remote_fields = with_string(b"", 1, ext.model or entry.model)
             self._remote_fields = with_string(self._remote_fields, 2, ext.version or "")
         self._own_fields = with_string(with_string(b"", 1, entry.model), 2, entry.version)
@@ -138,7 +139,7 @@ class Runner:
     # ---- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        supervise = self._supervise_external if self.entry.external else self._supervise_local
+        supervise = self._supervise_external if self._remote else self._supervise_local
         self._task = asyncio.create_task(supervise())
 
     async def wait_settled(self, timeout: float) -> None:
@@ -196,7 +197,7 @@ class Runner:
             raise Unavailable(f"{self.where}: runner went away during the call") from None
         finally:
             self._in_flight -= 1
-        return reply + self._own_fields if self.entry.external else reply
+        return reply + self._own_fields if self._remote else reply
 
     # ---- local process ----------------------------------------------------------------
 
@@ -221,9 +222,19 @@ class Runner:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.restart_backoff_max_s)
 
+    def _base_command(self) -> list[str]:
+        """``python -m runners``, or runner.yaml's command (paths from the version dir)."""
+        ext = self.entry.external
+        if ext is None or ext.command is None:
+            return [sys.executable, "-m", "runners"]
+        program = ext.command[0]
+        if "/" in program and not program.startswith("/"):
+            program = str((self.entry.path / program).resolve())
+        return [program, *ext.command[1:]]
+
     def _command(self) -> list[str]:
         return [
-            sys.executable, "-m", "runners",
+            *self._base_command(),
             "--model-dir", str(self.entry.path),
             "--name", self.entry.model,
             "--version", self.entry.version,
@@ -241,9 +252,12 @@ class Runner:
         )
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        self._proc = proc = await asyncio.create_subprocess_exec(
-            *self._command(), stdout=asyncio.subprocess.PIPE, start_new_session=True
-        )
+        try:
+            self._proc = proc = await asyncio.create_subprocess_exec(
+                *self._command(), stdout=asyncio.subprocess.PIPE, start_new_session=True
+            )
+        except OSError as exc:
+            raise StartupFailed(f"cannot start the runner: {exc}") from None
         self.pid = proc.pid
         deadline = time.monotonic() + self.config.runner.startup_timeout_s
         assert proc.stdout is not None
@@ -320,8 +334,8 @@ class Runner:
     # ---- external address ---------------------------------------------------------------
 
     async def _supervise_external(self) -> None:
-        ext = self.entry.external
-        assert ext is not None
+        ext = self._remote
+        assert ext is not None and ext.address is not None
         self._open_channel(ext.address)
         assert self._channel is not None
         stub = pb_grpc.GRPCInferenceServiceStub(self._channel)

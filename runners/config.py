@@ -17,6 +17,11 @@ version. The gateway and every runner read these with the same classes.
         address: host:port                     # an external V2 server; no process started
         model: remote-name                     # its name there (default: the same name)
         version: "3"                           # its version there (default: its own choice)
+      or
+        command: [./greenroom-runner-go]       # a runner in any language, started with the
+                                               # runner arguments appended and supervised
+                                               # like a Python runner (relative paths are
+                                               # from the version directory)
 
 runner options: ``threads`` is how many model calls run at once (and ONNX Runtime's
 intra-op threads); ``startup_timeout_s`` how long the gateway waits for the runner to
@@ -34,7 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Task = Literal["classification", "regression", "other"]
 
@@ -80,10 +85,22 @@ class ModelConfig(BaseModel):
 
 
 class ExternalRunner(BaseModel):
+    """runner.yaml: a V2 server at ``address``, or a runner process of any language that
+    the gateway starts with ``command`` (plus the runner arguments) and supervises."""
+
     model_config = ConfigDict(extra="forbid")
-    address: str
+    address: str | None = None
+    command: list[str] | None = None
     model: str | None = None
     version: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_reach_it(self) -> ExternalRunner:
+        if (self.address is None) == (self.command is None):
+            raise ValueError("runner.yaml needs exactly one of 'address' and 'command'")
+        if self.command is not None and not self.command:
+            raise ValueError("runner.yaml 'command' is empty")
+        return self
 
 
 class ConfigError(ValueError):

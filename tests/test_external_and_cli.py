@@ -97,3 +97,20 @@ def test_cli_errors_exit_1_with_the_status(gateway: GatewayProcess) -> None:
     assert "INVALID_ARGUMENT: input 'input': shape [1, 3]" in bad.stderr
     garbled = greenroom("infer", "iris", "--input", "input=[[1,", "--target", gateway.target)
     assert garbled.returncode == 1 and "not JSON" in garbled.stderr
+
+
+def test_a_runner_command_that_cannot_start_is_reported(repo: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "native" / "1").mkdir(parents=True)
+    (models / "native" / "1" / "runner.yaml").write_text("command: [./no-such-runner]\n")
+    (models / "iris").symlink_to(repo / "iris")
+    gateway = GatewayProcess(models, tmp_path / "data")
+    try:
+        with grpc.insecure_channel(gateway.target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            index = {m.name: m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+            assert "cannot start the runner" in index["native"].reason
+            assert "no-such-runner" in index["native"].reason
+            assert stub.ModelInfer(request("iris", {"input": iris()[0][:1]})).outputs
+    finally:
+        gateway.stop()
