@@ -73,6 +73,18 @@ class GatewayProcess:
                 pids[f"{name}/{version}"] = child.pid
         return pids
 
+    def runner_pids_of(self, program: str) -> list[int]:
+        """Child processes whose command starts with ``program`` (runners of any language)."""
+        pids = []
+        for child in psutil.Process(self.pid).children(recursive=True):
+            try:
+                cmd = child.cmdline()
+            except psutil.NoSuchProcess:
+                continue
+            if cmd and Path(cmd[0]).name == program:
+                pids.append(child.pid)
+        return pids
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
