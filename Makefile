@@ -33,6 +33,7 @@ postgres:
 clients: install
 	$(MAKE) -C clients/go build PYTHON=$(abspath $(PY))
 	$(MAKE) -C clients/node build
+	$(MAKE) -C runners/go build
 
 run: install
 	$(VENV)/bin/greenroom demo
