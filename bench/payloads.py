@@ -13,6 +13,9 @@ from sklearn.linear_model import LogisticRegression
 from greenroom_proto.inference import grpc_service_pb2 as pb
 
 MODEL_NAME = "bench-logreg"
+# The same data as LightGBM, served by the Python runner (joblib) and the Go runner
+# (model.txt): the foreign runner measured against the Python one on one model.
+LGBM_NAME = "bench-lgbm"
 MODEL_VERSION = "1"
 N_FEATURES = 8
 INPUT_NAME = "input"
@@ -40,17 +43,32 @@ def train_model(repo: Path) -> Path:
     return version_dir
 
 
-def infer_request(rows: int, seed: int = 0) -> pb.ModelInferRequest:
+def train_lightgbm(python_repo: Path, go_repo: Path) -> None:
+    """One LGBMClassifier: joblib for the Python runner, LightGBM text for the Go runner."""
+    from lightgbm import LGBMClassifier  # noqa: PLC0415 - only this function needs it
+
+    features, labels = make_classification(
+        n_samples=2000, n_features=N_FEATURES, n_informative=5, random_state=7
+    )
+    model = LGBMClassifier(n_estimators=50, num_leaves=15, random_state=0, verbose=-1)
+    model.fit(features.astype(np.float32), labels)
+    for repo in (python_repo, go_repo):
+        (repo / LGBM_NAME / MODEL_VERSION).mkdir(parents=True)
+    joblib.dump(model, python_repo / LGBM_NAME / MODEL_VERSION / "model.joblib")
+    model.booster_.save_model(str(go_repo / LGBM_NAME / MODEL_VERSION / "model.txt"))
+
+
+def infer_request(rows: int, seed: int = 0, model: str = MODEL_NAME) -> pb.ModelInferRequest:
     """A raw FP32 request of ``rows`` rows; model_version empty (the deployment decides)."""
     data = np.random.default_rng(seed).standard_normal((rows, N_FEATURES), dtype=np.float32)
-    request = pb.ModelInferRequest(model_name=MODEL_NAME)
+    request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name=INPUT_NAME, datatype="FP32", shape=[rows, N_FEATURES])
     request.raw_input_contents.append(data.astype("<f4").tobytes())
     return request
 
 
-def write_payload(directory: Path, name: str, rows: int) -> Payload:
-    data = infer_request(rows).SerializeToString()
-    path = directory / f"{name}.bin"
+def write_payload(directory: Path, name: str, rows: int, model: str = MODEL_NAME) -> Payload:
+    data = infer_request(rows, model=model).SerializeToString()
+    path = directory / f"{model}-{name}.bin"
     path.write_bytes(data)
     return Payload(name=name, rows=rows, path=path, size_bytes=len(data))

@@ -15,6 +15,8 @@ MB = 1e6
 ECHO, FLOOR, RUNNER, GATEWAY = "echo", "two-hop-floor", "runner-direct", "gateway"
 # The gateway without recording answers, and with one shadow at fraction 1.0.
 NO_LEDGER, SHADOW = "gateway-no-ledger", "gateway-shadow"
+# One LightGBM model served by the Python runner and by the Go runner.
+LGBM_PY, LGBM_GO = "runner-lgbm-py", "runner-lgbm-go"
 ONE, THOUSAND = "1-row", "1000-row"
 
 
@@ -217,11 +219,29 @@ def _ledger_and_shadow_ratios(r: Results) -> list[Ratio]:
     ]
 
 
+def _foreign_runner_ratios(r: Results) -> list[Ratio]:
+    return [
+        Ratio(
+            "Go runner p50 / Python runner p50 (LightGBM), 1-row c=1",
+            _divide(_p50(r, LGBM_GO, ONE), _p50(r, LGBM_PY, ONE)),
+        ),
+        Ratio(
+            "Go runner rps / Python runner rps (LightGBM), 1-row c=16",
+            _divide(_rps(r, LGBM_GO, ONE), _rps(r, LGBM_PY, ONE)),
+        ),
+        Ratio(
+            "Go runner rps / Python runner rps (LightGBM), 1000-row c=16",
+            _divide(_rps(r, LGBM_GO, THOUSAND), _rps(r, LGBM_PY, THOUSAND)),
+        ),
+    ]
+
+
 def ratios(results: Results) -> list[Ratio]:
     return [
         *_floor_ratios(results),
         *_runner_ratios(results),
         *_ledger_and_shadow_ratios(results),
+        *_foreign_runner_ratios(results),
         _rss_goal(results),
     ]
 

@@ -7,6 +7,7 @@ Targets, each started as its own process on 127.0.0.1 port 0:
   gateway        greenroom serve (which starts its own runner for the same model)
   gateway-no-ledger  the same with --no-record (answers not recorded)
   gateway-shadow     the same with version 2 (a copy of 1) deployed as a shadow at 1.0
+  runner-lgbm-py / runner-lgbm-go  one LightGBM model, Python runner vs the Go runner
 Then the ledger's writer alone: rows/s into SQLite (bench/ledger_rate.py).
 All are started first; then, scenario by scenario (payload, concurrency), each target
 gets a warmup run, then the targets take turns for a few short measured rounds, whose
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,12 @@ import ledger_rate
 import procs
 import report
 from payloads import (
+    LGBM_NAME,
     MODEL_NAME,
     MODEL_VERSION,
     N_FEATURES,
     Payload,
+    train_lightgbm,
     train_model,
     write_payload,
 )
@@ -54,6 +57,8 @@ from report import (
     ECHO,
     FLOOR,
     GATEWAY,
+    LGBM_GO,
+    LGBM_PY,
     NO_LEDGER,
     ONE,
     RUNNER,
@@ -63,9 +68,10 @@ from report import (
     Run,
 )
 
-ALL_TARGETS = (ECHO, FLOOR, RUNNER, GATEWAY, NO_LEDGER, SHADOW)
+ALL_TARGETS = (ECHO, FLOOR, RUNNER, GATEWAY, NO_LEDGER, SHADOW, LGBM_PY, LGBM_GO)
 
 ROOT = Path(__file__).resolve().parent.parent
+GO_RUNNER = ROOT / "runners" / "go" / "bin" / "greenroom-runner-go"
 RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
 LOUD = "!" * 78
@@ -88,6 +94,12 @@ class Context:
     payloads: dict[str, Payload]
     results: Results
     log_dir: Path
+    lgbm_payloads: dict[str, Payload] = field(default_factory=dict)
+
+    def payload(self, target: str, name: str) -> Path:
+        """The request file a target gets (the LightGBM runners serve another model)."""
+        table = self.lgbm_payloads if target in (LGBM_PY, LGBM_GO) else self.payloads
+        return table[name].path
 
 
 def _parse_args(argv: list[str] | None) -> Plan:
@@ -182,14 +194,15 @@ def _record(ctx: Context, run: Run) -> None:
 
 def measure(ctx: Context, servers: dict[str, procs.Server], payload: str, c: int) -> None:
     """Warm every target up, then ``rounds`` runs each, targets taking turns."""
-    path, plan, scenario = ctx.payloads[payload].path, ctx.plan, f"{payload} c={c}"
-    for server in servers.values():
+    plan, scenario = ctx.plan, f"{payload} c={c}"
+    for target, server in servers.items():
         with contextlib.suppress(ghzrun.GhzError, subprocess.TimeoutExpired):
-            ghzrun.run(ghzrun.Load(server.address, path, c, plan.warmup_s))  # discarded
+            warmup = ghzrun.Load(server.address, ctx.payload(target, payload), c, plan.warmup_s)
+            ghzrun.run(warmup)  # discarded
     samples: dict[str, list[ghzrun.Sample]] = {target: [] for target in servers}
     for _ in range(plan.rounds):
         for target, server in servers.items():
-            load = ghzrun.Load(server.address, path, c, plan.duration_s)
+            load = ghzrun.Load(server.address, ctx.payload(target, payload), c, plan.duration_s)
             sample = _sample(ctx, target, load, scenario)
             samples[target] += [sample] if sample else []
     for target, taken in samples.items():
@@ -240,7 +253,26 @@ def _argvs(work: Path) -> dict[str, list[str]]:
         GATEWAY: _gateway_argv(repo, work / "data"),
         NO_LEDGER: _gateway_argv(repo, work / "data-no-ledger", "--no-record"),
         SHADOW: _gateway_argv(work / "models-shadow", work / "data-shadow"),
+        LGBM_PY: [PYTHON, "-m", "runners", *_lgbm_args(work / "models-lgbm-py")],
+        LGBM_GO: [str(GO_RUNNER), *_lgbm_args(work / "models-lgbm-go")],
     }  # fmt: skip
+
+
+def _lgbm_args(repo: Path) -> list[str]:
+    return [
+        "--model-dir", str(repo / LGBM_NAME / MODEL_VERSION),
+        "--name", LGBM_NAME, "--version", MODEL_VERSION, "--address", "127.0.0.1:0",
+    ]  # fmt: skip
+
+
+def _build_go_runner(ctx: Context) -> None:
+    """``make -C runners/go build``; if it fails, the Go target is skipped when it cannot start."""
+    done = subprocess.run(
+        ["make", "-s", "-C", str(ROOT / "runners" / "go"), "build"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        shout("could not build the Go runner:", (done.stdout + done.stderr)[-800:])
 
 
 def _deploy_shadow(server: procs.Server) -> None:
@@ -263,7 +295,9 @@ def start_all(ctx: Context, stack: contextlib.ExitStack, work: Path) -> dict[str
             link = f"unix:{_socket(work)}" if ctx.plan.floor_link == "uds" else echo.address
             argv = [*argvs[FLOOR], link]
             started[FLOOR] = stack.enter_context(serving(ctx, FLOOR, argv))
-    for name in (RUNNER, GATEWAY, NO_LEDGER, SHADOW):
+    if LGBM_GO in wanted:
+        _build_go_runner(ctx)
+    for name in (RUNNER, GATEWAY, NO_LEDGER, SHADOW, LGBM_PY, LGBM_GO):
         if name in wanted:
             started[name] = stack.enter_context(serving(ctx, name, argvs[name]))
     shadow = started.get(SHADOW)
@@ -337,7 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(version_dir, shadowed / MODEL_VERSION)
         shutil.copytree(version_dir, shadowed / "2")
         payloads = {ONE: write_payload(work, ONE, 1), THOUSAND: write_payload(work, THOUSAND, 1000)}
-        ctx = Context(plan, payloads, Results(meta=_meta(plan, payloads)), log_dir)
+        train_lightgbm(work / "models-lgbm-py", work / "models-lgbm-go")
+        lgbm = {
+            ONE: write_payload(work, ONE, 1, LGBM_NAME),
+            THOUSAND: write_payload(work, THOUSAND, 1000, LGBM_NAME),
+        }
+        ctx = Context(plan, payloads, Results(meta=_meta(plan, payloads)), log_dir, lgbm)
         with contextlib.ExitStack() as stack:
             servers = start_all(ctx, stack, work)
             measure_all(ctx, servers)
