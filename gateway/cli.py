@@ -28,6 +28,7 @@ from gateway import cli_control, logs
 from gateway.settings import GatewaySettings
 from greenroom_client import Client
 from greenroom_client.errors import GreenroomError, InvalidArgument
+from greenroom_client.rest_infer import rest_response
 from greenroom_client.tensors import DTYPES
 
 DEFAULT_TARGET = "127.0.0.1:8001"
@@ -131,32 +132,12 @@ def _parse_inputs(pairs: Sequence[str], declared: dict[str, str]) -> dict[str, n
     return arrays
 
 
-def _jsonable(array: np.ndarray) -> Any:
-    if array.dtype == object:
-        return [x.decode(errors="replace") if isinstance(x, bytes) else x for x in array.ravel()]
-    return array.ravel().tolist()
-
-
 def cmd_infer(args: argparse.Namespace) -> int:
     with Client(args.target) as client:
         meta = client.model_metadata(args.model, args.version or "")
         arrays = _parse_inputs(args.input, {spec.name: spec.datatype for spec in meta.inputs})
         result = client.infer(args.model, arrays, version=args.version, request_id=args.id)
-    datatypes = {spec.name: spec.datatype for spec in meta.outputs}
-    body: dict[str, Any] = {
-        "model_name": result.model,
-        "model_version": result.version,
-        "id": result.id,
-        "outputs": [
-            {
-                "name": name,
-                "shape": list(array.shape),
-                "datatype": datatypes.get(name, ""),
-                "data": _jsonable(array),
-            }
-            for name, array in result.outputs.items()
-        ],
-    }
+    body = rest_response(result)
     if args.json:
         print(json.dumps(body))
         return 0

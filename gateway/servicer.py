@@ -110,11 +110,10 @@ class InferenceServicer:
         if not request_id:
             request_id = str(uuid.uuid4())
             raw = wire.with_string(raw, 3, request_id)
-        forward = raw
 
         def fan_out() -> None:
             self.shadows.fan_out(
-                model, plan.shadows, lambda v, t: self._shadow(request, request_id, v, forward, t)
+                model, plan.shadows, lambda v, t: self._shadow(request, request_id, v, raw, t)
             )
 
         version = plan.runner.entry.version

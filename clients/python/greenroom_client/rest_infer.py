@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from greenroom_client.client import Client
+from greenroom_client.client import Client, InferResult
 from greenroom_client.errors import GreenroomError, InvalidArgument
 from greenroom_client.tensors import DTYPES, datatype_of
 
@@ -50,10 +50,8 @@ def _json_data(array: npt.NDArray[Any]) -> list[Any]:
     return list(flat.tolist())
 
 
-def run(target: str, model: str, version: str | None, body: dict[str, Any]) -> dict[str, Any]:
-    inputs = {spec["name"]: _array(spec) for spec in body.get("inputs", [])}
-    with Client(target) as client:
-        result = client.infer(model, inputs, version=version, request_id=body.get("id"))
+def rest_response(result: InferResult) -> dict[str, Any]:
+    """An answer in the V2 REST response shape, data flat and row-major."""
     return {
         "model_name": result.model,
         "model_version": result.version,
@@ -68,6 +66,13 @@ def run(target: str, model: str, version: str | None, body: dict[str, Any]) -> d
             for name, array in result.outputs.items()
         ],
     }
+
+
+def run(target: str, model: str, version: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    inputs = {spec["name"]: _array(spec) for spec in body.get("inputs", [])}
+    with Client(target) as client:
+        result = client.infer(model, inputs, version=version, request_id=body.get("id"))
+    return rest_response(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
