@@ -21,6 +21,9 @@ run again on every call, and a NaN would surface as an opaque INTERNAL error (or
 whole batch). Instead ``check`` refuses, per request and before merging, a float input
 holding NaN or infinity with INVALID_ARGUMENT; for an estimator that takes NaN as
 "missing" (HistGradientBoosting*, a pipeline starting with an imputer), only infinity.
+Linear models (LogisticRegression, LinearRegression, Ridge, Lasso, ElasticNet) skip
+scikit-learn's per-call input validation altogether through ``runners.sklearn_fast``,
+whose kernels are kept only after giving the estimator's own bits at load.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ from sklearn.base import is_classifier
 from sklearn.pipeline import Pipeline
 
 from greenroom_client.errors import InvalidInput
-from greenroom_client.tensors import TensorSpec
+from greenroom_client.tensors import DTYPES, TensorSpec
 from runners.config import ConfigError, ModelConfig
 from runners.model import Arrays, Binding, Model, bind
+from runners.sklearn_fast import fast_methods
 
 Method = Callable[[npt.NDArray[Any]], npt.NDArray[Any]]
 
@@ -154,6 +158,21 @@ def _allows_nan(estimator: Any) -> bool:
         return False
 
 
+def _fast(estimator: Any, methods: dict[str, Method], dtype: Any) -> dict[str, Method]:
+    """The outputs whose method has a proven validation-free kernel (sklearn_fast)."""
+    kernels = fast_methods(estimator, dtype)
+    bound = {
+        "predict": estimator.predict,
+        "predict_proba": getattr(estimator, "predict_proba", None),
+    }
+    return {
+        output: kernels[name]
+        for output, method in methods.items()
+        for name, original in bound.items()
+        if name in kernels and method == original
+    }
+
+
 class SklearnModel(Model):
     """A fitted estimator; each output is one of its methods called on the input array."""
 
@@ -200,10 +219,14 @@ class SklearnModel(Model):
             "probabilities": getattr(estimator, "predict_proba", estimator.predict),
         }
         yaml = str(artifact.parent.parent / "model.yaml")
+        inputs = bind([_native_input(estimator, config, where)], config.inputs, "inputs", yaml)
+        datatype = inputs[0].spec.datatype
+        if datatype in DTYPES:
+            methods |= _fast(estimator, methods, DTYPES[datatype])
         model = cls(
             name,
             version,
-            bind([_native_input(estimator, config, where)], config.inputs, "inputs", yaml),
+            inputs,
             bind(native, config.outputs, "outputs", yaml),
             methods,
             allow_nan=_allows_nan(estimator),
