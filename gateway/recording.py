@@ -84,6 +84,18 @@ def _classes(response: pb.ModelInferResponse, roles: OutputRoles) -> tuple[str, 
     return None
 
 
+def _decode_roles(
+    response: pb.ModelInferResponse, roles: OutputRoles
+) -> dict[str, npt.NDArray[Any]]:
+    """Only the outputs the ledger keeps: a model may answer much more (embeddings)."""
+    wanted = {roles.label, roles.value, roles.probabilities}
+    raws = response.raw_output_contents
+    if raws and len(raws) != len(response.outputs):
+        raise ValueError(f"reply has {len(raws)} raw contents for {len(response.outputs)} outputs")
+    picked = [i for i, tensor in enumerate(response.outputs) if tensor.name in wanted]
+    return decode([response.outputs[i] for i in picked], [raws[i] for i in picked] if raws else [])
+
+
 def to_answer(item: Pending) -> Answer:
     """Runs in the ledger's writer thread, never on the event loop."""
     if item.reply is None:
@@ -93,10 +105,10 @@ def to_answer(item: Pending) -> Answer:
             latency_ms=item.latency_ms, status=item.status, created_at=item.created_at,
         )  # fmt: skip
     response = pb.ModelInferResponse.FromString(item.reply)
-    arrays = decode(response.outputs, response.raw_output_contents)
     roles = item.roles
-    first = next(iter(arrays.values()), None)
-    rows = int(first.shape[0]) if first is not None and first.ndim > 0 else 1
+    arrays = _decode_roles(response, roles)
+    first = response.outputs[0].shape if response.outputs else ()
+    rows = int(first[0]) if first else 1
     label = arrays.get(roles.label) if roles.label else None
     value = arrays.get(roles.value) if roles.value else None
     proba = arrays.get(roles.probabilities) if roles.probabilities else None

@@ -111,15 +111,10 @@ class InferenceServicer:
             request_id = str(uuid.uuid4())
             raw = wire.with_string(raw, 3, request_id)
 
-        def fan_out() -> None:
-            self.shadows.fan_out(
-                model, plan.shadows, lambda v, t: self._shadow(request, request_id, v, raw, t)
-            )
-
         version = plan.runner.entry.version
         began = time.perf_counter()
         try:
-            reply = await plan.runner.infer(raw, timeout, fan_out if plan.shadows else None)
+            reply = await plan.runner.infer(raw, timeout)
         except GreenroomError as exc:
             latency = (time.perf_counter() - began) * 1e3
             self.recorder.failed(
@@ -131,6 +126,11 @@ class InferenceServicer:
                 status=exc.code,
             )
             raise
+        finally:
+            if plan.shadows:  # copies leave once the primary has answered: see shadow.py
+                self.shadows.fan_out(
+                    model, plan.shadows, lambda v, t: self._shadow(request, request_id, v, raw, t)
+                )
         latency = (time.perf_counter() - began) * 1e3
         self.recorder.answered(reply, model, version, plan.role, latency)
         return reply

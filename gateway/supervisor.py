@@ -18,7 +18,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,13 +165,8 @@ class Runner:
 
     # ---- calls ------------------------------------------------------------------------
 
-    async def infer(
-        self, request: bytes, timeout: float, after_dispatch: Callable[[], None] | None = None
-    ) -> bytes:
-        """Forward a serialized ModelInferRequest; returns the serialized response.
-
-        ``after_dispatch`` runs once the call is on its way (shadow copies start there, so
-        they are scheduled behind the primary, never ahead of it)."""
+    async def infer(self, request: bytes, timeout: float) -> bytes:
+        """Forward a serialized ModelInferRequest; returns the serialized response."""
         call = self._call
         if self.state != RunnerState.READY or call is None:
             raise Unavailable(f"{self.where} is not ready: {self.reason}")
@@ -182,10 +176,7 @@ class Runner:
         try:
             if self._remote_fields:
                 request += self._remote_fields
-            pending = call(request, timeout=timeout)
-            if after_dispatch is not None:
-                after_dispatch()
-            reply: bytes = await pending
+            reply: bytes = await call(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.where, timeout) from None
         except asyncio.CancelledError:

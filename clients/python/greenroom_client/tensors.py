@@ -159,61 +159,76 @@ def _typed_values(tensor: _Tensor) -> Any:
     return values
 
 
+def _check_layout(tensors: Sequence[_Tensor], raws: Sequence[bytes]) -> None:
+    """Raw contents, when used, hold one entry per tensor and no tensor is also typed."""
+    if not raws:
+        return
+    if len(raws) != len(tensors):
+        raise InvalidArgument(
+            f"raw contents hold {len(raws)} entries for {len(tensors)} tensors; "
+            "send one entry per tensor, in tensor order"
+        )
+    for tensor in tensors:
+        if tensor.HasField("contents"):
+            raise InvalidInput(
+                tensor.name, "has typed contents while raw contents are also set; use one"
+            )
+
+
+def _specs(tensors: Sequence[_Tensor]) -> list[TensorSpec]:
+    """Each tensor's name, datatype and shape, read once; names must be unique."""
+    specs = [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors]
+    if len({spec.name for spec in specs}) != len(specs):
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.name in seen:
+                raise InvalidInput(spec.name, "appears more than once")
+            seen.add(spec.name)
+    return specs
+
+
 def describe(tensors: Sequence[_Tensor], raws: Sequence[bytes]) -> list[TensorSpec]:
     """Check that each tensor's data agrees with its shape and datatype, without decoding it.
 
     Cheap for numeric raw data (a length comparison), so the gateway can afford it on every
     request before forwarding the bytes untouched.
     """
-    if raws:
-        if len(raws) != len(tensors):
-            raise InvalidArgument(
-                f"raw contents hold {len(raws)} entries for {len(tensors)} tensors; "
-                "send one entry per tensor, in tensor order"
-            )
-        for tensor in tensors:
-            if tensor.HasField("contents"):
-                raise InvalidInput(
-                    tensor.name, "has typed contents while raw contents are also set; use one"
-                )
-    specs: list[TensorSpec] = []
-    seen: set[str] = set()
-    for index, tensor in enumerate(tensors):
-        if tensor.name in seen:
-            raise InvalidInput(tensor.name, "appears more than once")
-        seen.add(tensor.name)
-        _dtype(tensor.name, tensor.datatype)
+    _check_layout(tensors, raws)
+    specs = _specs(tensors)
+    for index, spec in enumerate(specs):
         if raws:
-            _check_raw(tensor.name, tensor.datatype, tensor.shape, raws[index])
+            _check_raw(spec.name, spec.datatype, spec.shape, raws[index])
         else:
-            _typed_values(tensor)
-        specs.append(TensorSpec(tensor.name, tensor.datatype, tuple(tensor.shape)))
+            _dtype(spec.name, spec.datatype)
+            _typed_values(tensors[index])
     return specs
 
 
 def decode(tensors: Sequence[_Tensor], raws: Sequence[bytes]) -> dict[str, npt.NDArray[Any]]:
-    """Tensors (typed or raw) as numpy arrays shaped as declared, keyed by name."""
-    describe(tensors, raws)
+    """Tensors (typed or raw) as numpy arrays shaped as declared, keyed by name; checked
+    as ``describe`` checks them, each tensor's data read once."""
+    _check_layout(tensors, raws)
     arrays: dict[str, npt.NDArray[Any]] = {}
-    for index, tensor in enumerate(tensors):
-        shape = tuple(tensor.shape)
-        dtype = DTYPES[tensor.datatype]
+    for index, spec in enumerate(_specs(tensors)):
+        name, datatype, shape = spec.name, spec.datatype, spec.shape
+        dtype = _dtype(name, datatype)
         if raws:
             raw = raws[index]
-            if tensor.datatype == "BYTES":
-                elements = _bytes_elements(tensor.name, raw, math.prod(shape))
+            if datatype == "BYTES":
+                elements = _bytes_elements(name, raw, _element_count(name, shape))
                 array = np.empty(len(elements), dtype=object)
                 array[:] = elements
             else:
+                _check_raw(name, datatype, shape, raw)
                 array = np.frombuffer(raw, dtype=dtype)
         else:
-            values = _typed_values(tensor)
-            if tensor.datatype == "BYTES":
+            values = _typed_values(tensors[index])
+            if datatype == "BYTES":
                 array = np.empty(len(values), dtype=object)
                 array[:] = list(values)
             else:
                 array = np.asarray(values, dtype=dtype)
-        arrays[tensor.name] = array.reshape(shape)
+        arrays[name] = array.reshape(shape)
     return arrays
 
 
