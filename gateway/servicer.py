@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,7 +18,7 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from gateway import wire
+from gateway import ids, wire
 from gateway.recording import Recorder
 from gateway.router import Router, check_request, signature_of
 from gateway.settings import GatewaySettings
@@ -108,7 +107,7 @@ class InferenceServicer:
         plan = self.router.plan(model, request.model_version)
         check_request(plan.runner, specs, [out.name for out in request.outputs])
         if not request_id:
-            request_id = str(uuid.uuid4())
+            request_id = ids.request_id()
             raw = wire.with_string(raw, 3, request_id)
 
         version = plan.runner.entry.version

@@ -158,6 +158,17 @@ def _allows_nan(estimator: Any) -> bool:
         return False
 
 
+def _assume_finite(method: Method) -> Method:
+    """scikit-learn's method without its own finiteness check: ``check`` did it, per
+    request, and a NaN must not fail a whole batch."""
+
+    def call(features: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        with sklearn.config_context(assume_finite=True):
+            return method(features)
+
+    return call
+
+
 def _fast(estimator: Any, methods: dict[str, Method], dtype: Any) -> dict[str, Method]:
     """The outputs whose method has a proven validation-free kernel (sklearn_fast)."""
     kernels = fast_methods(estimator, dtype)
@@ -221,8 +232,8 @@ class SklearnModel(Model):
         yaml = str(artifact.parent.parent / "model.yaml")
         inputs = bind([_native_input(estimator, config, where)], config.inputs, "inputs", yaml)
         datatype = inputs[0].spec.datatype
-        if datatype in DTYPES:
-            methods |= _fast(estimator, methods, DTYPES[datatype])
+        fast = _fast(estimator, methods, DTYPES[datatype]) if datatype in DTYPES else {}
+        methods = {name: fast.get(name) or _assume_finite(m) for name, m in methods.items()}
         model = cls(
             name,
             version,
@@ -249,10 +260,9 @@ class SklearnModel(Model):
     def predict(self, inputs: Arrays, outputs: Sequence[str] | None = None) -> Arrays:
         features = inputs[self._input]
         names = list(self._methods if outputs is None else outputs)
-        with sklearn.config_context(assume_finite=True):  # ``check`` did it, per request
-            if self._one_pass is not None and set(self._one_pass) <= set(names):
-                return self._label_from_probabilities(features, names)
-            return {name: self._methods[name](features) for name in names}
+        if self._one_pass is not None and set(self._one_pass) <= set(names):
+            return self._label_from_probabilities(features, names)
+        return {name: self._methods[name](features) for name in names}
 
     def _label_from_probabilities(self, features: npt.NDArray[Any], names: list[str]) -> Arrays:
         """Label and probabilities from one probability pass, for estimators whose predict
@@ -263,8 +273,11 @@ class SklearnModel(Model):
         proba = self._methods[proba_name](features)
         label = self._classes[np.argmax(proba, axis=1)]
         if proba.shape[1] > 1:
-            top2 = np.sort(proba, axis=1)[:, -2:]
-            tied = top2[:, 0] == top2[:, 1]
+            if proba.shape[1] == 2:
+                tied = proba[:, 0] == proba[:, 1]
+            else:
+                top2 = np.sort(proba, axis=1)[:, -2:]
+                tied = top2[:, 0] == top2[:, 1]
             if tied.any():
                 label[tied] = self._methods[label_name](features[tied])
         answer = {label_name: label, proba_name: proba}
