@@ -32,6 +32,7 @@ postgres:
 # Clients in other languages, generated from proto/ and built (the tests build them too).
 clients: install
 	$(MAKE) -C clients/go build PYTHON=$(abspath $(PY))
+	$(MAKE) -C clients/java build PYTHON=$(abspath $(PY))
 	$(MAKE) -C clients/node build
 	$(MAKE) -C runners/go build
 
@@ -59,6 +60,8 @@ bench: install
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) .greenroom bench/.tools bench/results/logs
+	rm -rf $(VENV) $(TRITON_VENV) .greenroom bench/.tools bench/results/logs \
+		.pytest_cache .mypy_cache .ruff_cache
 	$(MAKE) -C clients/node clean
-	$(MAKE) -C clients/go clean .pytest_cache .mypy_cache .ruff_cache
+	$(MAKE) -C clients/go clean
+	$(MAKE) -C clients/java clean
