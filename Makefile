@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TRITON_VENV := .venv-tritonclient
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint proto proto-check bench clean tritonclient postgres clients
+.PHONY: install run test lint proto proto-check bench bench-peers clean tritonclient postgres clients
 
 install: $(STAMP)
 
@@ -56,11 +56,16 @@ proto-check: install
 		echo "generated code is up to date"; rm -rf $$tmp; \
 	else echo "generated code is stale: run 'make proto' and commit" >&2; rm -rf $$tmp; exit 1; fi
 
+# Benchmarks (bench/README.md): the gateway against its floors, about 5 minutes; with
+# bench-peers, MLServer too (installed once into its own virtualenv, bench/.venv-mlserver).
 bench: install
 	$(PY) bench/run.py
 
+bench-peers: install
+	$(PY) bench/run.py --peers
+
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) .greenroom bench/.tools bench/results/logs \
+	rm -rf $(VENV) $(TRITON_VENV) .greenroom bench/.tools bench/.venv-mlserver bench/results/logs \
 		.pytest_cache .mypy_cache .ruff_cache
 	$(MAKE) -C clients/node clean
 	$(MAKE) -C clients/go clean

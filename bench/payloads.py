@@ -8,6 +8,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 from greenroom_proto.inference import grpc_service_pb2 as pb
@@ -16,6 +17,10 @@ MODEL_NAME = "bench-logreg"
 # The same data as LightGBM, served by the Python runner (joblib) and the Go runner
 # (model.txt): the foreign runner measured against the Python one on one model.
 LGBM_NAME = "bench-lgbm"
+# A 100-tree random forest on the same data, served by two Python runners: dynamic
+# batching on (the default) and off (model.yaml ``runner: {max_batch_size: 0}``).
+FOREST_NAME = "bench-rf"
+FOREST_TREES = 100
 MODEL_VERSION = "1"
 N_FEATURES = 8
 INPUT_NAME = "input"
@@ -31,12 +36,18 @@ class Payload:
     size_bytes: int
 
 
-def train_model(repo: Path) -> Path:
-    """A LogisticRegression on a synthetic dataset, saved as repo/<name>/<version>/."""
+def _dataset() -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic classification data every benchmark model is trained on."""
     features, labels = make_classification(
         n_samples=2000, n_features=N_FEATURES, n_informative=5, random_state=7
     )
-    model = LogisticRegression(max_iter=500).fit(features.astype(np.float32), labels)
+    return features.astype(np.float32), labels
+
+
+def train_model(repo: Path) -> Path:
+    """A LogisticRegression on a synthetic dataset, saved as repo/<name>/<version>/."""
+    features, labels = _dataset()
+    model = LogisticRegression(max_iter=500).fit(features, labels)
     version_dir = repo / MODEL_NAME / MODEL_VERSION
     version_dir.mkdir(parents=True)
     joblib.dump(model, version_dir / "model.joblib")
@@ -47,15 +58,24 @@ def train_lightgbm(python_repo: Path, go_repo: Path) -> None:
     """One LGBMClassifier: joblib for the Python runner, LightGBM text for the Go runner."""
     from lightgbm import LGBMClassifier  # noqa: PLC0415 - only this function needs it
 
-    features, labels = make_classification(
-        n_samples=2000, n_features=N_FEATURES, n_informative=5, random_state=7
-    )
+    features, labels = _dataset()
     model = LGBMClassifier(n_estimators=50, num_leaves=15, random_state=0, verbose=-1)
-    model.fit(features.astype(np.float32), labels)
+    model.fit(features, labels)
     for repo in (python_repo, go_repo):
         (repo / LGBM_NAME / MODEL_VERSION).mkdir(parents=True)
     joblib.dump(model, python_repo / LGBM_NAME / MODEL_VERSION / "model.joblib")
     model.booster_.save_model(str(go_repo / LGBM_NAME / MODEL_VERSION / "model.txt"))
+
+
+def train_forest(batched_repo: Path, unbatched_repo: Path) -> None:
+    """One RandomForestClassifier in two repositories, the second with batching off."""
+    features, labels = _dataset()
+    model = RandomForestClassifier(n_estimators=FOREST_TREES, random_state=0)
+    model.fit(features, labels)
+    for repo in (batched_repo, unbatched_repo):
+        (repo / FOREST_NAME / MODEL_VERSION).mkdir(parents=True)
+        joblib.dump(model, repo / FOREST_NAME / MODEL_VERSION / "model.joblib")
+    (unbatched_repo / FOREST_NAME / "model.yaml").write_text("runner: {max_batch_size: 0}\n")
 
 
 def infer_request(rows: int, seed: int = 0, model: str = MODEL_NAME) -> pb.ModelInferRequest:

@@ -1,4 +1,8 @@
-"""Start a server process, learn its address from its LISTENING line, wait for health."""
+"""Start a server process, learn its address from its LISTENING line, wait for health.
+
+A server that takes its address from its configuration and has no grpc.health.v1
+service (MLServer) is started with that ``address`` and a ``ready`` probe instead.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -65,18 +70,37 @@ def _health_status(address: str) -> int | None:
         return status
 
 
-def wait_serving(process: subprocess.Popen[str], address: str, deadline: float) -> None:
+Probe = Callable[[str], bool]
+
+
+def health_serving(address: str) -> bool:
+    return bool(_health_status(address) == health_pb2.HealthCheckResponse.SERVING)
+
+
+def wait_serving(
+    process: subprocess.Popen[str], address: str, deadline: float, ready: Probe = health_serving
+) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise StartError(f"exited with code {process.returncode} before SERVING")
-        if _health_status(address) == health_pb2.HealthCheckResponse.SERVING:
+        if ready(address):
             return
         time.sleep(0.1)
-    raise StartError(f"health of {address} not SERVING before the start timeout")
+    raise StartError(f"{address} not ready (SERVING) before the start timeout")
 
 
-def start(name: str, argv: list[str], log_dir: Path, timeout_s: float = 60.0) -> Server:
-    """Start ``argv``; return once it is listening and SERVING, else stop it and raise."""
+def start(
+    name: str,
+    argv: list[str],
+    log_dir: Path,
+    timeout_s: float = 60.0,
+    *,
+    address: str | None = None,
+    ready: Probe = health_serving,
+) -> Server:
+    """Start ``argv``; return once it is listening and ``ready`` (by default: health says
+    SERVING), else stop it and raise. Without ``address`` it is read from the process's
+    LISTENING line."""
     log_path = log_dir / f"{name}.log"
     log = log_path.open("w")
     process = subprocess.Popen(
@@ -87,8 +111,9 @@ def start(name: str, argv: list[str], log_dir: Path, timeout_s: float = 60.0) ->
     threading.Thread(target=_pump, args=(process.stdout, log, found), daemon=True).start()
     deadline = time.monotonic() + timeout_s
     try:
-        address = _wait_listening(process, found, deadline)
-        wait_serving(process, address, deadline)
+        if address is None:
+            address = _wait_listening(process, found, deadline)
+        wait_serving(process, address, deadline, ready)
     except StartError:
         _terminate(process)
         raise

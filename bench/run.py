@@ -5,17 +5,25 @@ Targets, each started as its own process on 127.0.0.1 port 0:
   two-hop-floor  bench/floor.py proxy -> echo (raw-bytes forwarding: the Python floor)
   runner-direct  python -m runners (the LogisticRegression trained here)
   gateway        greenroom serve (which starts its own runner for the same model)
-  gateway-no-ledger  the same with --no-record (answers not recorded)
   gateway-shadow     the same with version 2 (a copy of 1) deployed as a shadow at 1.0
+  gateway-no-ledger  the same with --no-record (answers not recorded)
   runner-lgbm-py / runner-lgbm-go  one LightGBM model, Python runner vs the Go runner
+  runner-rf-batch / runner-rf-nobatch  a 100-tree random forest, Python runner, dynamic
+                 batching on (the default) and off (model.yaml runner.max_batch_size: 0)
+  mlserver       with --peers (`make bench-peers`): MLServer 1.7.1, in its own
+                 virtualenv, serving the same joblib LogisticRegression
 Then the ledger's writer alone: rows/s into SQLite (bench/ledger_rate.py).
-All are started first; then, scenario by scenario (payload, concurrency), each target
-gets a warmup run, then the targets take turns for a few short measured rounds, whose
-calls are pooled: the runs a ratio compares are interleaved in time, so that background
-load hits both sides alike. Results go to stdout and to bench/results/latest.json
-(logs: bench/results/logs/).
-Goals print PASS/MISS; the run never fails on them. A target that cannot start is
-skipped, loudly.
+Scenarios: 1-row and 1000-row requests at concurrency 1, 16 and 64 for the floors, the
+runner, the gateways and MLServer (gateway-no-ledger and the LightGBM runners at 1 and
+16 only); the random forests get 1 row at concurrency 32 only.
+All are started first, and each answers one request of every payload it will get (its
+answer is checked and recorded); then, scenario by scenario (payload, concurrency), each
+target gets a warmup run, then the targets take turns for a few short measured rounds,
+whose calls are pooled: the runs a ratio compares are interleaved in time, so that
+background load hits both sides alike. Results go to stdout and to
+bench/results/latest.json (logs: bench/results/logs/).
+Goals print PASS/MISS, each with the issue it comes from; the run never fails on them.
+A target that cannot start is skipped, loudly.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import os
 import platform
 import shutil
@@ -38,17 +47,22 @@ from typing import Any
 import grpc
 
 from greenroom_client.control import ControlClient
+from greenroom_proto.inference import grpc_service_pb2 as pb
 
 import ghzrun
 import ledger_rate
+import peers
 import procs
 import report
 from payloads import (
+    FOREST_NAME,
+    FOREST_TREES,
     LGBM_NAME,
     MODEL_NAME,
     MODEL_VERSION,
     N_FEATURES,
     Payload,
+    train_forest,
     train_lightgbm,
     train_model,
     write_payload,
@@ -56,9 +70,13 @@ from payloads import (
 from report import (
     ECHO,
     FLOOR,
+    FOREST_CONCURRENCY,
+    FOREST_OFF,
+    FOREST_ON,
     GATEWAY,
     LGBM_GO,
     LGBM_PY,
+    MLSERVER,
     NO_LEDGER,
     ONE,
     RUNNER,
@@ -68,7 +86,19 @@ from report import (
     Run,
 )
 
-ALL_TARGETS = (ECHO, FLOOR, RUNNER, GATEWAY, NO_LEDGER, SHADOW, LGBM_PY, LGBM_GO)
+# Measured in every scenario of the matrix (payloads x concurrencies). The in-process
+# lane's target (report.INPROCESS, issue 5) belongs here once it exists.
+MATRIX = (ECHO, FLOOR, RUNNER, GATEWAY, SHADOW, MLSERVER)
+# Measured only at the concurrencies of SIDE_CONCURRENCIES: their ratios need no more.
+SIDE = (NO_LEDGER, LGBM_PY, LGBM_GO)
+SIDE_CONCURRENCIES = (1, 16)
+# Measured only with 1 row at the forest's concurrency (--forest-concurrency).
+FOREST = (FOREST_ON, FOREST_OFF)
+ALL_TARGETS = (*MATRIX, *SIDE, *FOREST)
+# `make bench` runs them all but the peer; `make bench-peers` (--peers) adds it.
+PEERS = (MLSERVER,)
+DEFAULT_TARGETS = tuple(t for t in ALL_TARGETS if t not in PEERS)
+PAYLOADS = (ONE, THOUSAND)
 
 ROOT = Path(__file__).resolve().parent.parent
 GO_RUNNER = ROOT / "runners" / "go" / "bin" / "greenroom-runner-go"
@@ -79,7 +109,8 @@ LOUD = "!" * 78
 
 @dataclass(frozen=True)
 class Plan:
-    scenarios: list[tuple[str, int]]  # (payload name, concurrency)
+    scenarios: list[tuple[str, int]]  # (payload name, concurrency) of the matrix
+    forest_concurrency: int  # 0: no forest scenario
     warmup_s: float
     duration_s: float
     rounds: int
@@ -95,19 +126,46 @@ class Context:
     results: Results
     log_dir: Path
     lgbm_payloads: dict[str, Payload] = field(default_factory=dict)
+    forest_payloads: dict[str, Payload] = field(default_factory=dict)
 
     def payload(self, target: str, name: str) -> Path:
-        """The request file a target gets (the LightGBM runners serve another model)."""
-        table = self.lgbm_payloads if target in (LGBM_PY, LGBM_GO) else self.payloads
+        """The request file a target gets (the LightGBM and forest runners serve other
+        models; everything else, MLServer included, gets the same bytes)."""
+        table = self.payloads
+        if target in (LGBM_PY, LGBM_GO):
+            table = self.lgbm_payloads
+        elif target in FOREST:
+            table = self.forest_payloads
         return table[name].path
+
+    def measured_in(self, target: str, payload: str, concurrency: int) -> bool:
+        """Whether ``target`` takes part in the matrix scenario (payload, concurrency)."""
+        if target in SIDE:
+            return concurrency in SIDE_CONCURRENCIES
+        return target not in FOREST
+
+
+def _csv(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
 
 
 def _parse_args(argv: list[str] | None) -> Plan:
     parser = argparse.ArgumentParser(description="Greenroom benchmark (ghz)")
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per round")
-    parser.add_argument("--rounds", type=int, default=4, help="measured runs per target")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warmup")
-    parser.add_argument("--no-c16-large", action="store_true", help="skip 1000-row at c=16")
+    parser.add_argument("--duration", type=float, default=1.5, help="seconds per round")
+    parser.add_argument("--rounds", type=int, default=3, help="measured runs per target")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds of warmup")
+    parser.add_argument(
+        "--payloads", default=",".join(PAYLOADS), help=f"comma-separated, of {PAYLOADS}"
+    )
+    parser.add_argument(
+        "--concurrency", default="1,16,64", help="the matrix's concurrencies, comma-separated"
+    )
+    parser.add_argument(
+        "--forest-concurrency",
+        type=int,
+        default=FOREST_CONCURRENCY,
+        help="the random forests' concurrency (their ratios are defined at 32)",
+    )
     parser.add_argument("--start-timeout", type=float, default=90.0)
     parser.add_argument(
         "--floor-link",
@@ -115,21 +173,36 @@ def _parse_args(argv: list[str] | None) -> Plan:
         default="uds",
         help="proxy -> echo link (the gateway reaches its runners over unix sockets)",
     )
-    parser.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma-separated")
+    parser.add_argument(
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated, of {', '.join(ALL_TARGETS)} (default: all but the peers)",
+    )
+    parser.add_argument(
+        "--peers", action="store_true", help="add MLServer (make bench-peers) to the targets"
+    )
     args = parser.parse_args(argv)
-    unknown = set(args.targets.split(",")) - set(ALL_TARGETS)
+    targets = set(_csv(args.targets)) | (set(PEERS) if args.peers else set())
+    unknown = targets - set(ALL_TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
-    scenarios = [(ONE, 1), (ONE, 16), (THOUSAND, 1)]
-    if not args.no_c16_large:
-        scenarios.append((THOUSAND, 16))
+    payloads = _csv(args.payloads)
+    if set(payloads) - set(PAYLOADS):
+        parser.error(f"unknown payloads: {', '.join(sorted(set(payloads) - set(PAYLOADS)))}")
+    try:
+        concurrencies = [int(c) for c in _csv(args.concurrency)]
+    except ValueError:
+        parser.error(f"--concurrency: not a list of integers: {args.concurrency}")
+    if any(c < 1 for c in concurrencies) or args.forest_concurrency < 0:
+        parser.error("concurrencies must be >= 1 (--forest-concurrency 0: no forest scenario)")
     return Plan(
-        scenarios=scenarios,
+        scenarios=[(payload, c) for payload in payloads for c in concurrencies],
+        forest_concurrency=args.forest_concurrency if ONE in payloads else 0,
         warmup_s=args.warmup,
         duration_s=args.duration,
         rounds=args.rounds,
         floor_link=args.floor_link,
-        targets=set(args.targets.split(",")),
+        targets=targets,
         start_timeout_s=args.start_timeout,
     )
 
@@ -152,12 +225,20 @@ def _skip(ctx: Context, name: str, reason: str, log_path: Path | None = None) ->
 
 
 @contextlib.contextmanager
-def serving(ctx: Context, name: str, argv: list[str]) -> Iterator[procs.Server | None]:
+def serving(
+    ctx: Context,
+    name: str,
+    argv: list[str],
+    address: str | None = None,
+    ready: procs.Probe = procs.health_serving,
+) -> Iterator[procs.Server | None]:
     """The started target, or None (recorded as skipped) when it could not start."""
     say(f"starting {name}: {' '.join(argv)}")
     began = time.monotonic()
     try:
-        server = procs.start(name, argv, ctx.log_dir, ctx.plan.start_timeout_s)
+        server = procs.start(
+            name, argv, ctx.log_dir, ctx.plan.start_timeout_s, address=address, ready=ready
+        )
     except (procs.StartError, OSError) as error:
         _skip(ctx, name, str(error), ctx.log_dir / f"{name}.log")
         yield None
@@ -182,7 +263,7 @@ def _record(ctx: Context, run: Run) -> None:
     ctx.results.runs.append(run)
     stats = run.stats
     say(
-        f"  {run.target:<14} {run.payload:<9} c={run.concurrency:<3} "
+        f"  {run.target:<19} {run.payload:<9} c={run.concurrency:<3} "
         f"p50 {stats.p50_ms:8.3f} ms  rps {stats.rps:8.0f}  errors {stats.errors}"
     )
     if stats.errors or not stats.ok:
@@ -210,11 +291,69 @@ def measure(ctx: Context, servers: dict[str, procs.Server], payload: str, c: int
             _record(ctx, Run(target, payload, c, ghzrun.combine(taken)))
 
 
+@dataclass(frozen=True)
+class Scenario:
+    payload: str
+    concurrency: int
+    servers: dict[str, procs.Server]
+
+
+def _scenarios(ctx: Context, servers: dict[str, procs.Server]) -> list[Scenario]:
+    """The matrix, then the forest's scenario: each with the targets measured in it."""
+    plan, scenarios = ctx.plan, []
+    for payload, c in plan.scenarios:
+        taking_part = {t: s for t, s in servers.items() if ctx.measured_in(t, payload, c)}
+        scenarios.append(Scenario(payload, c, taking_part))
+    forest = {t: s for t, s in servers.items() if t in FOREST}
+    if plan.forest_concurrency:
+        scenarios.append(Scenario(ONE, plan.forest_concurrency, forest))
+    return [scenario for scenario in scenarios if scenario.servers]
+
+
 def measure_all(ctx: Context, servers: dict[str, procs.Server]) -> None:
     """Scenario by scenario, so that the runs a ratio compares are close in time."""
-    for payload, concurrency in ctx.plan.scenarios:
-        say(f"measuring {payload} c={concurrency} ...")
-        measure(ctx, servers, payload, concurrency)
+    for scenario in _scenarios(ctx, servers):
+        names = ", ".join(scenario.servers)
+        say(f"measuring {scenario.payload} c={scenario.concurrency} ({names}) ...")
+        measure(ctx, scenario.servers, scenario.payload, scenario.concurrency)
+
+
+def _describe(response: pb.ModelInferResponse) -> str:
+    return ", ".join(f"{o.name} {o.datatype} {list(o.shape)}" for o in response.outputs)
+
+
+def _check_answer(ctx: Context, target: str, address: str, payload: Payload) -> None:
+    """One call with the bytes ghz will send: an OK answer with one row per request row,
+    or a loud BAD ANSWER (ghz counts status codes only, not what an OK answer holds)."""
+    request = ctx.payload(target, payload.name).read_bytes()
+    try:
+        with grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", -1)]
+        ) as ch:
+            call = ch.unary_unary(f"/{ghzrun.CALL}")
+            response = pb.ModelInferResponse.FromString(call(request, timeout=30))
+    except grpc.RpcError as error:
+        problem = f"{target} {payload.name}: answered {error.code()}: {error.details()}"
+        ctx.results.failed.append(f"answer check: {problem}")
+        shout(f"BAD ANSWER {problem}")
+        return
+    answer = _describe(response)
+    ctx.results.answers.setdefault(target, {})[payload.name] = answer
+    rows = {o.shape[0] if o.shape else None for o in response.outputs}
+    if not response.outputs or rows != {payload.rows}:
+        problem = f"{target} {payload.name}: not one row per request row: {answer}"
+        ctx.results.failed.append(f"answer check: {problem}")
+        shout(f"BAD ANSWER {problem}")
+
+
+def check_answers(ctx: Context, servers: dict[str, procs.Server]) -> None:
+    """Every target answers each payload it will be sent, before any is measured."""
+    for scenario in _scenarios(ctx, servers):
+        for target, server in scenario.servers.items():
+            if scenario.payload not in ctx.results.answers.get(target, {}):
+                _check_answer(ctx, target, server.address, ctx.payloads[scenario.payload])
+    for target, answers in ctx.results.answers.items():
+        say(f"  {target:<19} answers " + "; ".join(f"{p}: {a}" for p, a in answers.items()))
 
 
 def record_rss(ctx: Context, servers: dict[str, procs.Server]) -> None:
@@ -253,15 +392,20 @@ def _argvs(work: Path) -> dict[str, list[str]]:
         GATEWAY: _gateway_argv(repo, work / "data"),
         NO_LEDGER: _gateway_argv(repo, work / "data-no-ledger", "--no-record"),
         SHADOW: _gateway_argv(work / "models-shadow", work / "data-shadow"),
-        LGBM_PY: [PYTHON, "-m", "runners", *_lgbm_args(work / "models-lgbm-py")],
-        LGBM_GO: [str(GO_RUNNER), *_lgbm_args(work / "models-lgbm-go")],
+        LGBM_PY: [PYTHON, "-m", "runners", *_runner_args(work / "models-lgbm-py", LGBM_NAME)],
+        LGBM_GO: [str(GO_RUNNER), *_runner_args(work / "models-lgbm-go", LGBM_NAME)],
+        FOREST_ON: [PYTHON, "-m", "runners", *_runner_args(work / "models-rf", FOREST_NAME)],
+        FOREST_OFF: [
+            PYTHON, "-m", "runners", *_runner_args(work / "models-rf-nobatch", FOREST_NAME),
+        ],
+        MLSERVER: peers.argv(work / "mlserver"),
     }  # fmt: skip
 
 
-def _lgbm_args(repo: Path) -> list[str]:
+def _runner_args(repo: Path, name: str) -> list[str]:
     return [
-        "--model-dir", str(repo / LGBM_NAME / MODEL_VERSION),
-        "--name", LGBM_NAME, "--version", MODEL_VERSION, "--address", "127.0.0.1:0",
+        "--model-dir", str(repo / name / MODEL_VERSION),
+        "--name", name, "--version", MODEL_VERSION, "--address", "127.0.0.1:0",
     ]  # fmt: skip
 
 
@@ -281,6 +425,25 @@ def _deploy_shadow(server: procs.Server) -> None:
         control.deploy(MODEL_NAME, MODEL_VERSION, shadows={"2": 1.0}, reason="benchmark")
 
 
+def _start_mlserver(
+    ctx: Context, stack: contextlib.ExitStack, work: Path, argv: list[str]
+) -> procs.Server | None:
+    """Install MLServer into its own virtualenv (once), then serve the gateway's model."""
+    say(f"installing MLServer {peers.VERSION} into {peers.VENV} (once) ...")
+    try:
+        peers.ensure_installed()
+    except (peers.InstallError, OSError) as error:
+        _skip(ctx, MLSERVER, f"MLServer could not be installed: {error}")
+        return None
+    joblib_file = work / "models" / MODEL_NAME / MODEL_VERSION / "model.joblib"
+    address = peers.write_repository(work / "mlserver", MODEL_NAME, joblib_file)
+    ready = functools.partial(peers.model_ready, model_name=MODEL_NAME)
+    server: procs.Server | None = stack.enter_context(
+        serving(ctx, MLSERVER, argv, address=address, ready=ready)
+    )
+    return server
+
+
 def _socket(work: Path) -> str:
     return str(work / "echo.sock")
 
@@ -297,9 +460,11 @@ def start_all(ctx: Context, stack: contextlib.ExitStack, work: Path) -> dict[str
             started[FLOOR] = stack.enter_context(serving(ctx, FLOOR, argv))
     if LGBM_GO in wanted:
         _build_go_runner(ctx)
-    for name in (RUNNER, GATEWAY, NO_LEDGER, SHADOW, LGBM_PY, LGBM_GO):
+    for name in (RUNNER, GATEWAY, SHADOW, NO_LEDGER, LGBM_PY, LGBM_GO, *FOREST):
         if name in wanted:
             started[name] = stack.enter_context(serving(ctx, name, argvs[name]))
+    if MLSERVER in wanted:
+        started[MLSERVER] = _start_mlserver(ctx, stack, work, argvs[MLSERVER])
     shadow = started.get(SHADOW)
     if shadow is not None:
         _deploy_shadow(shadow)
@@ -321,6 +486,10 @@ def _meta(plan: Plan, payloads: dict[str, Payload]) -> dict[str, Any]:
         "rounds": plan.rounds,
         "floor_link": plan.floor_link,
         "model": f"{MODEL_NAME} LogisticRegression, {N_FEATURES} FP32 features",
+        "forest": f"{FOREST_NAME} RandomForestClassifier, {FOREST_TREES} trees, same data",
+        "scenarios": [f"{payload} c={c}" for payload, c in plan.scenarios],
+        "forest_concurrency": plan.forest_concurrency,
+        "targets": sorted(plan.targets),
         "payload_bytes": {name: p.size_bytes for name, p in payloads.items()},
     }
 
@@ -376,9 +545,14 @@ def main(argv: list[str] | None = None) -> int:
             ONE: write_payload(work, ONE, 1, LGBM_NAME),
             THOUSAND: write_payload(work, THOUSAND, 1000, LGBM_NAME),
         }
-        ctx = Context(plan, payloads, Results(meta=_meta(plan, payloads)), log_dir, lgbm)
+        train_forest(work / "models-rf", work / "models-rf-nobatch")
+        forest = {ONE: write_payload(work, ONE, 1, FOREST_NAME)}
+        results = Results(meta=_meta(plan, payloads))
+        ctx = Context(plan, payloads, results, log_dir, lgbm, forest)
         with contextlib.ExitStack() as stack:
             servers = start_all(ctx, stack, work)
+            say("checking that every target answers every payload it will get ...")
+            check_answers(ctx, servers)
             measure_all(ctx, servers)
             record_rss(ctx, servers)
         say("measuring the ledger's writer (50,000 answers into SQLite) ...")
