@@ -78,6 +78,8 @@ class Results:
     failed: list[str] = field(default_factory=list)
     rss: dict[str, Any] = field(default_factory=dict)
     ledger_rate: dict[str, Any] = field(default_factory=dict)
+    # bench/memory.py: a gateway with four models, its RSS and each runner's
+    memory: dict[str, Any] = field(default_factory=dict)
     # target -> payload -> its answer's outputs ("name DATATYPE [shape]"), one call each
     answers: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -231,6 +233,19 @@ def _rss_goal(r: Results) -> Ratio:
     children = r.rss.get(GATEWAY, {}).get("children_mb", {})
     note = f"runner children: {sum(children.values()):.1f} MB" if children else ""
     return _goal(2, "gateway RSS (MB), after the run", gateway, _below(150), note)
+
+
+def _memory_goals(r: Results) -> list[Ratio]:
+    """Issue 5: the gateway with four models, and each runner above its model's size."""
+    gateway = r.memory.get("gateway", {}).get("rss_mb")
+    goals = [_goal(5, "gateway RSS (MB), four models loaded", gateway, _below(150))]
+    for name, usage in sorted(r.memory.get("runners", {}).items()):
+        note = f"model file {usage['model_mb']} MB"
+        rss, uss = usage["rss_above_model_mb"], usage["uss_above_model_mb"]
+        shared = "memory only this runner holds; shared libraries counted once"
+        goals.append(_goal(5, f"runner {name}: RSS above its model (MB)", rss, _below(100), note))
+        goals.append(Ratio(5, f"runner {name}: USS above its model (MB)", uss, note=shared))
+    return goals
 
 
 def _ledger_and_shadow_ratios(r: Results) -> list[Ratio]:
@@ -406,6 +421,7 @@ def ratios(results: Results) -> list[Ratio]:
         *_performance_floor_ratios(results),
         *_peer_ratios(results),
         *_batching_ratios(results),
+        *_memory_goals(results),
     ]
 
 
@@ -479,6 +495,7 @@ def write_json(results: Results, items: list[Ratio], path: Path) -> None:
         "failed": results.failed,
         "rss": results.rss,
         "ledger_rate": results.ledger_rate,
+        "memory": results.memory,
         "answers": results.answers,
         "ratios": [item.to_json() for item in items],
     }

@@ -12,7 +12,8 @@ Targets, each started as its own process on 127.0.0.1 port 0:
                  batching on (the default) and off (model.yaml runner.max_batch_size: 0)
   mlserver       with --peers (`make bench-peers`): MLServer 1.7.1, in its own
                  virtualenv, serving the same joblib LogisticRegression
-Then the ledger's writer alone: rows/s into SQLite (bench/ledger_rate.py).
+Then the ledger's writer alone: rows/s into SQLite (bench/ledger_rate.py), and memory
+with four models loaded (bench/memory.py).
 Scenarios: 1-row and 1000-row requests at concurrency 1, 16 and 64 for the floors, the
 runner, the gateways and MLServer (gateway-no-ledger and the LightGBM runners at 1 and
 16 only); the random forests get 1 row at concurrency 32 only.
@@ -51,6 +52,7 @@ from greenroom_proto.inference import grpc_service_pb2 as pb
 
 import ghzrun
 import ledger_rate
+import memory
 import peers
 import procs
 import report
@@ -557,6 +559,11 @@ def main(argv: list[str] | None = None) -> int:
             record_rss(ctx, servers)
         say("measuring the ledger's writer (50,000 answers into SQLite) ...")
         ctx.results.ledger_rate = ledger_rate.measure()
+        say("measuring memory: a gateway with four models ...")
+        try:
+            ctx.results.memory = memory.measure(PYTHON, work, log_dir)
+        except procs.StartError as exc:
+            shout(f"!!! the four-model gateway did not start: {exc}")
     _summary(ctx, time.monotonic() - began)
     return 0
 
