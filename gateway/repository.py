@@ -96,6 +96,11 @@ def load_model(directory: Path) -> ModelEntry:
     primary = config.primary or entries[-1].version
     if primary not in versions:
         raise ConfigError(f"{directory / 'model.yaml'}: primary '{primary}' is not a version here")
+    unknown = sorted(set(config.runner.versions or []) - set(versions))
+    if unknown:
+        raise ConfigError(
+            f"{directory / 'model.yaml'}: runner.versions names {unknown}, not versions here"
+        )
     return ModelEntry(directory.name, directory, config, versions, primary)
 
 

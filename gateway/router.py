@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from gateway.deployments import Deployment, Role
 from gateway.recording import OutputRoles
+from gateway.replicas import Backend
 from gateway.repository import ModelEntry
-from gateway.supervisor import Runner, Signature
+from gateway.supervisor import Signature
 from greenroom_client.errors import ModelNotFound, Unavailable, VersionNotFound
 from greenroom_client.signature import check_inputs, check_outputs
 from greenroom_client.tensors import TensorSpec
@@ -22,7 +23,7 @@ from greenroom_client.tensors import TensorSpec
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    runner: Runner
+    runner: Backend
     role: Role
     shadows: list[str] = field(default_factory=list)
 
@@ -31,7 +32,7 @@ class Router:
     def __init__(
         self,
         models: dict[str, ModelEntry],
-        runners: dict[tuple[str, str], Runner],
+        runners: dict[tuple[str, str], Backend],
         rng: random.Random | None = None,
     ) -> None:
         self.models = models
@@ -56,7 +57,7 @@ class Router:
         """Takes effect for the next request; callers validate first."""
         self.deployments[deployment.model] = deployment
 
-    def resolve(self, name: str, version: str = "") -> Runner:
+    def resolve(self, name: str, version: str = "") -> Backend:
         """The runner for ``version``, or for the primary when ``version`` is empty."""
         model = self.model(name)
         chosen = version or self.deployments[name].primary
@@ -80,14 +81,14 @@ class Router:
         return OutputRoles.infer(outputs, self.model(name).config.classes)
 
 
-def signature_of(runner: Runner) -> Signature:
+def signature_of(runner: Backend) -> Signature:
     """The runner's signature, known once it has loaded at least once."""
     if runner.signature is None:
         raise Unavailable(f"{runner.where} is not ready: {runner.reason}")
     return runner.signature
 
 
-def check_request(runner: Runner, inputs: Sequence[TensorSpec], outputs: Sequence[str]) -> None:
+def check_request(runner: Backend, inputs: Sequence[TensorSpec], outputs: Sequence[str]) -> None:
     signature = signature_of(runner)
     check_inputs(inputs, signature.inputs)
     check_outputs(outputs, signature.outputs)

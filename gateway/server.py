@@ -24,6 +24,7 @@ from gateway.control_servicer import CONTROL_SERVICES, add_control_servicers
 from gateway.ledger import Ledger
 from gateway.policy import AutoPromoter
 from gateway.recording import OutputRoles, Recorder, to_answer
+from gateway.relay import ShadowRelay
 from gateway.repository import scan
 from gateway.router import Router
 from gateway.servicer import SERVICE, InferenceServicer, generic_handler
@@ -60,6 +61,30 @@ def open_ledger(settings: GatewaySettings) -> Ledger:
     )
 
 
+async def open_shadows(settings: GatewaySettings) -> ShadowFanout:
+    """The shadow fan-out, with its relay process started unless settings turn it off."""
+    relay = ShadowRelay(settings.transport_limit) if settings.shadow_relay else None
+    if relay is not None:
+        await relay.start()
+    return ShadowFanout(settings.shadow_limit, settings.shadow_deadline_s, relay)
+
+
+def build_server(
+    servicer: InferenceServicer, control: ControlPlane, options: list[tuple[str, int]]
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The gRPC server with every service a client sees: V2 inference, the control API,
+    health (NOT_SERVING until the caller says otherwise) and reflection."""
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((generic_handler(servicer),))
+    add_control_servicers(server, control)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE, *CONTROL_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return server, health_servicer
+
+
 class RolesCache:
     """Output roles per (model, version), computed once its signature is known."""
 
@@ -90,24 +115,19 @@ class Gateway:
 
     @classmethod
     async def start(cls, settings: GatewaySettings) -> Gateway:
+        # gateway/worker.py (Worker.start, for --workers N) assembles the same parts: keep
+        # the two in step.
         models = scan(settings.repo)
         ledger = open_ledger(settings)
         await asyncio.to_thread(ledger.start)
         fleet = Fleet.for_models(models, settings)
         router = Router(models, fleet.runners)
-        shadows = ShadowFanout(settings.shadow_limit, settings.shadow_deadline_s)
+        shadows = await open_shadows(settings)
         control = ControlPlane(router, ledger, shadows.drops)
         await control.restore()
         recorder = Recorder(ledger, RolesCache(router), settings.record_predictions)
         servicer = InferenceServicer(router, settings, shadows, recorder)
-        server = grpc.aio.server(options=server_options(settings))
-        server.add_generic_rpc_handlers((generic_handler(servicer),))
-        add_control_servicers(server, control)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE, *CONTROL_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        server, health_servicer = build_server(servicer, control, server_options(settings))
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         await server.start()
         await fleet.start(settings.runner_start_timeout_s)
@@ -123,6 +143,7 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.shadows.drain(timeout=self.settings.shadow_deadline_s)
+        await self.shadows.close()
         await asyncio.to_thread(self.ledger.stop)
         await self.fleet.stop()
         log.info("gateway stopped", ledger=self.ledger.stats)

@@ -146,7 +146,8 @@ class InferenceServicer:
         model = request.model_name
         began = time.perf_counter()
         try:
-            reply = await self.router.resolve(model, version).infer(raw, timeout)
+            backend = self.router.resolve(model, version)
+            reply = await backend.infer(raw, timeout, self.shadows.via)
         except Exception as exc:
             latency = (time.perf_counter() - began) * 1e3
             code = exc.code if isinstance(exc, GreenroomError) else "INTERNAL"

@@ -34,6 +34,9 @@ class GatewaySettings(BaseSettings):
     # Deadline for one forwarded call when the client set none.
     default_deadline_s: float = Field(default=30.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Gateway processes sharing the port (SO_REUSEPORT) under one supervisor that owns the
+    # runners; 1 is a single process (see gateway/workers.py).
+    workers: int = Field(default=1, ge=1, le=64)
     # The ledger: SQLite in data_dir unless a URL is given (postgresql://... for several
     # gateways sharing one ledger).
     database_url: str | None = None
@@ -47,6 +50,9 @@ class GatewaySettings(BaseSettings):
     # counted), each under its own deadline.
     shadow_limit: int = Field(default=64, gt=0)
     shadow_deadline_s: float = Field(default=5.0, gt=0)
+    # Shadow copies go through a helper process (gateway.relay), off the event loop that
+    # answers live traffic; off: the gateway makes the shadow calls itself.
+    shadow_relay: bool = True
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -12,19 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.relay import RelayedError
 from gateway.repository import ModelEntry, VersionEntry
 from gateway.settings import GatewaySettings
 from gateway.wire import with_string
@@ -40,6 +44,13 @@ from greenroom_client.tensors import TensorSpec
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from runners.config import ModelConfig, TensorDecl
+
+if TYPE_CHECKING:
+    from gateway.replicas import Backend
+
+# Carries one call to a runner's address instead of the runner's own channel:
+# (address, serialized request, timeout) -> serialized reply (gateway.relay).
+Transport = Callable[[str, bytes, float], Awaitable[bytes]]
 
 log = structlog.get_logger(__name__)
 
@@ -86,16 +97,17 @@ def _specs(tensors: list[TensorDecl] | None, fallback: list[TensorSpec]) -> list
     return [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors]
 
 
-def _translate(exc: grpc.aio.AioRpcError, where: str, timeout: float) -> GreenroomError:
-    code = exc.code()
+def _translate(
+    code: grpc.StatusCode, details: str | None, where: str, timeout: float
+) -> GreenroomError:
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-        return Unavailable(f"{where}: runner is unavailable ({exc.details()})")
+        return Unavailable(f"{where}: runner is unavailable ({details})")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"{where}: no answer within {timeout:.3g}s")
     if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-        log.error("runner internal error", where=where, details=exc.details())
+        log.error("runner internal error", where=where, details=details)
         return InternalError()
-    return from_status(code.name, exc.details() or code.name)
+    return from_status(code.name, details or code.name)
 
 
 class Runner:
@@ -123,6 +135,7 @@ class Runner:
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._call: grpc.aio.UnaryUnaryMultiCallable | None = None
+        self.address: str | None = None  # the runner's gRPC address, once it listens
         self._proc: asyncio.subprocess.Process | None = None
         self._in_flight = 0
         self._drainer: asyncio.Task[None] | None = None
@@ -134,6 +147,11 @@ class Runner:
             self._remote_fields = with_string(self._remote_fields, 2, ext.version or "")
         self._own_fields = with_string(with_string(b"", 1, entry.model), 2, entry.version)
         self._log = log.bind(model=entry.model, version=entry.version)
+
+    @property
+    def in_flight(self) -> int:
+        """Calls this gateway has sent to the runner that have not answered yet."""
+        return self._in_flight
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -165,10 +183,11 @@ class Runner:
 
     # ---- calls ------------------------------------------------------------------------
 
-    async def infer(self, request: bytes, timeout: float) -> bytes:
-        """Forward a serialized ModelInferRequest; returns the serialized response."""
+    async def infer(self, request: bytes, timeout: float, via: Transport | None = None) -> bytes:
+        """Forward a serialized ModelInferRequest; returns the serialized response. ``via``
+        carries the call instead of this gateway's own channel (the shadow relay)."""
         call = self._call
-        if self.state != RunnerState.READY or call is None:
+        if self.state != RunnerState.READY or call is None or self.address is None:
             raise Unavailable(f"{self.where} is not ready: {self.reason}")
         if self._in_flight >= MAX_IN_FLIGHT:
             raise ResourceExhausted(f"{self.where} has {self._in_flight} requests in flight")
@@ -176,9 +195,14 @@ class Runner:
         try:
             if self._remote_fields:
                 request += self._remote_fields
-            reply: bytes = await call(request, timeout=timeout)
+            if via is None:
+                reply: bytes = await call(request, timeout=timeout)
+            else:
+                reply = await via(self.address, request, timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.where, timeout) from None
+            raise _translate(exc.code(), exc.details(), self.where, timeout) from None
+        except RelayedError as exc:
+            raise _translate(exc.status, exc.details, self.where, timeout) from None
         except asyncio.CancelledError:
             # Closing the channel of a runner that died cancels its calls; that is the
             # runner's failure, not this request's cancellation, unless it is ours.
@@ -356,11 +380,13 @@ class Runner:
     # ---- shared ---------------------------------------------------------------------------
 
     def _open_channel(self, address: str) -> None:
+        self.address = address
         self._channel = grpc.aio.insecure_channel(address, options=channel_options(self.settings))
         self._call = self._channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
 
     async def _close_channel(self) -> None:
         channel, self._channel, self._call = self._channel, None, None
+        self.address = None
         if channel is not None:
             await channel.close()
 
@@ -385,19 +411,33 @@ class Runner:
 class Fleet:
     """Every runner of a repository: started together, stopped together."""
 
-    def __init__(self, runners: dict[tuple[str, str], Runner], socket_dir: Path) -> None:
+    def __init__(self, runners: dict[tuple[str, str], Backend], socket_dir: Path) -> None:
         self.runners = runners
         self.socket_dir = socket_dir
 
     @classmethod
     def for_models(cls, models: dict[str, ModelEntry], settings: GatewaySettings) -> Fleet:
+        from gateway.inprocess import InProcessRunner  # noqa: PLC0415 (it builds on this)
+        from gateway.replicas import ReplicaSet  # noqa: PLC0415 (it builds on Runner)
+
         # Unix socket paths must stay under ~100 bytes: a short private dir, numbered files.
         socket_dir = Path(tempfile.mkdtemp(prefix="greenroom-"))
-        runners: dict[tuple[str, str], Runner] = {}
+        sockets = (socket_dir / f"r{n}.sock" for n in itertools.count())
+        runners: dict[tuple[str, str], Backend] = {}
         for model in models.values():
+            instances = model.config.runner.instances
             for entry in model.versions.values():
-                path = socket_dir / f"r{len(runners)}.sock"
-                runners[(model.name, entry.version)] = Runner(entry, model.config, settings, path)
+                key = (model.name, entry.version)
+                if model.config.runner.in_process(entry.version):
+                    runners[key] = InProcessRunner(entry, model.config, settings)
+                    continue
+                if instances == 1 or (entry.external and entry.external.address):
+                    runners[key] = Runner(entry, model.config, settings, next(sockets))
+                    continue
+                replicas = [
+                    Runner(entry, model.config, settings, next(sockets)) for _ in range(instances)
+                ]
+                runners[key] = ReplicaSet(replicas)
         return cls(runners, socket_dir)
 
     async def start(self, timeout: float) -> None:

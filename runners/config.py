@@ -9,7 +9,10 @@ version. The gateway and every runner read these with the same classes.
         primary: "2"                           # default: the highest version
         inputs:  [{name, datatype, shape}]     # signature overrides (shape: -1 = any)
         outputs: [{name, datatype, shape}]
-        runner: {threads: 1, startup_timeout_s: 60, max_batch_size: 256}
+        runner: {threads: 1, startup_timeout_s: 60, max_batch_size: 256,
+                 max_queue_delay_us: 0, preferred_batch_sizes: []}
+          or runner: inprocess                 # ONNX only: run inside the gateway process
+          or runner: {kind: inprocess, threads: 2, versions: ["2"]}  (gateway.inprocess)
         classes: ["setosa", "versicolor", "virginica"]  # probabilities' column order
         promotion: {auto: false, interval_s: 60, min_pairs: 200, alpha: 0.05,
                     max_error_rate: 0.01, max_p99_ratio: 1.5, old_primary_shadow_fraction: 1.0}
@@ -25,12 +28,27 @@ version. The gateway and every runner read these with the same classes.
 
 runner options: ``threads`` is how many model calls run at once (and ONNX Runtime's
 intra-op threads); ``startup_timeout_s`` how long the gateway waits for the runner to
-listen. ``max_batch_size`` caps, in rows, how many concurrent requests a runner merges
-into one model call (runners.batching; no delay is added to wait for a batch to fill):
-0 never merges. Unset, it is 256 for scikit-learn and ONNX models whose inputs and
-outputs all have -1 as their first dimension, and 0 otherwise (custom model.py: set it
-only if predict answers each row from that row alone). A request bigger than the cap
-still runs, alone.
+listen. ``kind`` is ``process`` (the default: a supervised runner process) or
+``inprocess`` (an ONNX model run by the gateway itself, gateway.inprocess; ``runner:
+inprocess`` is short for ``{kind: inprocess}``); with ``versions``, only the versions it
+lists run in process, the others in runner processes.
+
+Dynamic batching (runners.batching), in Triton's words:
+
+    runner: {max_batch_size: 64, max_queue_delay_us: 2000, preferred_batch_sizes: [8, 32]}
+
+``max_batch_size`` caps, in rows, how many concurrent requests a runner merges into one
+model call: 0 never merges. Unset, it is 256 for scikit-learn and ONNX models whose
+inputs and outputs all have -1 as their first dimension, and 0 otherwise (custom
+model.py: set it only if predict answers each row from that row alone). A request bigger
+than the cap still runs, alone. ``max_queue_delay_us`` (default 0: never wait) is how
+long a request may wait for others to fill its batch: the batch goes as soon as it
+reaches ``max_batch_size`` or one of ``preferred_batch_sizes`` (the largest one it can
+form from what is queued), and with whatever is queued when the delay is up. With
+preferred sizes, a batch that need not wait is cut at one of them, or else at most at
+the largest. Preferred sizes count rows, are positive and at most ``max_batch_size``,
+and are kept sorted without duplicates. Either option needs ``max_batch_size`` set (and
+not 0) in the same file.
 """
 
 from __future__ import annotations
@@ -39,7 +57,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Task = Literal["classification", "regression", "other"]
 
@@ -56,6 +81,55 @@ class RunnerOptions(BaseModel):
     threads: int = Field(default=1, ge=1, le=64)
     startup_timeout_s: float = Field(default=60.0, gt=0)
     max_batch_size: int | None = Field(default=None, ge=0)
+    max_queue_delay_us: int = Field(default=0, ge=0)
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+
+    # Runner processes per version; the gateway balances by least outstanding requests.
+    instances: int = Field(default=1, ge=1, le=32)
+    # "inprocess": the gateway runs the (ONNX) model itself, no runner process; for the
+    # versions listed in ``versions`` only, when given (the others get runner processes).
+    kind: Literal["process", "inprocess"] = "process"
+    versions: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_alone(cls, value: object) -> object:
+        """``runner: inprocess`` (a bare string) is short for ``runner: {kind: inprocess}``."""
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _inprocess_options(self) -> RunnerOptions:
+        if self.versions is not None and self.kind != "inprocess":
+            raise ValueError("'versions' lists the versions run in process: set kind: inprocess")
+        if self.kind == "inprocess" and self.versions is None and self.instances != 1:
+            raise ValueError("'instances' counts runner processes; an inprocess model has none")
+        return self
+
+    def in_process(self, version: str) -> bool:
+        """Whether the gateway runs this version itself (gateway.inprocess)."""
+        return self.kind == "inprocess" and (self.versions is None or version in self.versions)
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _positive_sorted(cls, sizes: list[int]) -> list[int]:
+        if any(size <= 0 for size in sizes):
+            raise ValueError(f"preferred_batch_sizes must be positive, got {sizes}")
+        return sorted(set(sizes))
+
+    @model_validator(mode="after")
+    def _batching_needs_a_cap(self) -> RunnerOptions:
+        if not (self.max_queue_delay_us or self.preferred_batch_sizes):
+            return self
+        if not self.max_batch_size:
+            raise ValueError(
+                "max_queue_delay_us and preferred_batch_sizes need max_batch_size set above 0"
+            )
+        if self.preferred_batch_sizes and self.preferred_batch_sizes[-1] > self.max_batch_size:
+            raise ValueError(
+                f"preferred_batch_sizes {self.preferred_batch_sizes} must not exceed "
+                f"max_batch_size {self.max_batch_size}"
+            )
+        return self
 
 
 class PromotionPolicy(BaseModel):

@@ -91,6 +91,17 @@ class RunnerSettings(BaseModel):
     log_format: Literal["json", "console"] = "json"
 
 
+def batcher_for(model: Model, options: RunnerOptions) -> Batcher:
+    """The batcher a model is served through (also by the gateway's in-process lane)."""
+    return Batcher(
+        model.predict,
+        options.threads,
+        default_max_batch_size(model, options.max_batch_size),
+        max_queue_delay_us=options.max_queue_delay_us,
+        preferred_batch_sizes=options.preferred_batch_sizes,
+    )
+
+
 class ModelBug(Exception):
     """A model answered something its own signature rules out (a missing output, a wrong
     shape): the runner's fault, not the caller's, hence INTERNAL."""
@@ -202,6 +213,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             for key, text in model.output_parameters.get(tensor.name, {}).items():
                 tensor.parameters[key].string_param = text
         return response
+
+    def answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """ModelInfer without gRPC, for the gateway's in-process lane (gateway.inprocess):
+        the response, or the GreenroomError this runner would answer with (an unexpected
+        error is logged here and raised as InternalError with the generic message)."""
+        try:
+            return self._infer(request)
+        except Exception as exc:
+            raise self._error(exc, request.id) from None
 
     def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.ServicerContext
@@ -459,14 +479,17 @@ class Runner:
         return EXIT_OK
 
     def _start_serving(self, model: Model, options: RunnerOptions) -> None:
-        max_batch_size = default_max_batch_size(model, options.max_batch_size)
-        self.servicer.set_model(model, Batcher(model.predict, options.threads, max_batch_size))
+        batcher = batcher_for(model, options)
+        max_batch_size = batcher.max_batch_size
+        self.servicer.set_model(model, batcher)
         _set_health(self.health, self.settings.name, serving=True)
         log.info(
             "serving",
             platform=model.platform,
             threads=options.threads,
             max_batch_size=max_batch_size,
+            max_queue_delay_us=options.max_queue_delay_us,
+            preferred_batch_sizes=options.preferred_batch_sizes,
             inputs=[s.as_dict() for s in model.inputs],
             outputs=[s.as_dict() for s in model.outputs],
         )

@@ -7,6 +7,7 @@ To make the queue deterministic, the unit tests hold the first model call open
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,7 @@ from sklearn.pipeline import make_pipeline
 from greenroom_client.errors import InternalError, InvalidInput
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from runners.batching import DEFAULT_MAX_BATCH_SIZE, Batcher, default_max_batch_size
-from runners.config import load_model_config
+from runners.config import ConfigError, load_model_config
 from runners.model import Arrays, load_model
 from tests.runner_fixtures import (
     Runner,
@@ -55,6 +56,7 @@ class Call:
     shape: tuple[int, ...]
     outputs: Outputs
     thread: int
+    poisoned: bool = False
 
 
 @dataclass
@@ -79,7 +81,8 @@ class FakeModel:
         x = inputs["x"]
         with self.lock:
             first = not self.calls
-            self.calls.append(Call(len(x), x.shape, tuple(outputs), threading.get_ident()))
+            call = Call(len(x), x.shape, tuple(outputs), threading.get_ident(), bool((x < 0).any()))
+            self.calls.append(call)
             self.running += 1
             self.most_running = max(self.most_running, self.running)
         try:
@@ -257,7 +260,7 @@ def test_max_batch_size_0_never_merges(pool: ThreadPoolExecutor) -> None:
         (InvalidInput("x", "values must not be negative"), None),
     ],
 )
-def test_a_predict_error_fails_only_its_batch(
+def test_a_predict_error_fails_only_the_request_that_causes_it(
     pool: ThreadPoolExecutor, raised: Exception, expected: Exception | None
 ) -> None:
     answered = expected or raised  # a GreenroomError from the model travels as it is
@@ -265,23 +268,27 @@ def test_a_predict_error_fails_only_its_batch(
     batcher = Batcher(fake, executions=1, max_batch_size=256)
     requests: list[tuple[Arrays, Outputs]] = [
         ({"x": rows(1, start=1)}, ("y",)),
-        ({"x": rows(1, start=-50)}, ("y",)),  # poisons the batch it merges into
+        ({"x": rows(2, start=-50)}, ("y",)),  # poisons the batch it merges into
+        ({"x": rows(3, start=7)}, ("y",)),
         ({"x": rows(1, width=4)}, ("y",)),  # a batch of its own
     ]
     with structlog.testing.capture_logs() as logs:
         futures = queue_behind_held_call(batcher, fake, pool, requests)
-        for future in futures[:2]:
-            error = future.exception(timeout=10)
-            assert type(error) is type(answered)
-            assert str(error) == str(answered)
-        expect_own_answer(futures[2], requests[2][0]["x"], ("y",))
+        error = futures[1].exception(timeout=10)
+        assert type(error) is type(answered)
+        assert str(error) == str(answered)
+        for index in (0, 2, 3):
+            expect_own_answer(futures[index], requests[index][0]["x"], ("y",))
     failures = [entry for entry in logs if entry["event"] == "inference failed"]
     if isinstance(raised, InvalidInput):
         assert failures == []  # the caller's mistake: nothing to log
     else:
-        assert [f["request_ids"] for f in failures] == [["r0", "r1"]]  # logged once
+        assert [f["request_id"] for f in failures] == ["r1"]  # only the guilty request
         assert failures[0]["exc_info"] is raised
-    assert [c.rows for c in fake.calls[1:]] == [2, 1]
+    # The merged call failed; its requests ran again one by one; then the other width.
+    assert [(c.rows, c.poisoned) for c in fake.calls[1:]] == [
+        (6, True), (1, False), (2, True), (3, False), (1, False)
+    ]  # fmt: skip
 
 
 def test_an_output_without_one_row_per_input_row_reruns_the_batch_unmerged(
@@ -304,6 +311,250 @@ def test_an_output_without_one_row_per_input_row_reruns_the_batch_unmerged(
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert len(warnings) == 1  # once per process
     assert "one row per input row" in warnings[0]["event"]
+
+
+# --- with a delay and preferred sizes --------------------------------------------------------
+
+
+def hold_the_model(batcher: Batcher, fake: FakeModel, pool: ThreadPoolExecutor) -> Future[Arrays]:
+    """A first call of 8 rows (the tests' ``max_batch_size``: it goes at once), held open in
+    the model while others queue."""
+    fake.hold = True
+    held = pool.submit(batcher.run, {"x": rows(8, start=1000)}, ("y",), "held")
+    assert fake.entered.wait(5)
+    return held
+
+
+def queue_requests(
+    batcher: Batcher, pool: ThreadPoolExecutor, requests: Sequence[tuple[Arrays, Outputs]]
+) -> list[Future[Arrays]]:
+    futures = []
+    for index, (inputs, outputs) in enumerate(requests):
+        futures.append(pool.submit(batcher.run, inputs, outputs, f"r{index}"))
+        wait_queued(batcher, index + 1)
+    return futures
+
+
+def test_with_a_delay_a_lone_request_waits_about_the_delay_then_runs_alone() -> None:
+    fake = FakeModel()
+    batcher = Batcher(fake, executions=1, max_batch_size=64, max_queue_delay_us=200_000)
+    x = rows(2)
+    began = time.monotonic()
+    answer = batcher.run({"x": x}, ["y"])
+    elapsed = time.monotonic() - began
+    np.testing.assert_array_equal(answer["y"], x * 2)
+    assert 0.15 < elapsed < 2.0
+    assert [(c.rows, c.thread) for c in fake.calls] == [(2, threading.get_ident())]
+    assert batcher.queued() == 0
+
+
+@pytest.mark.parametrize(
+    ("max_batch_size", "preferred", "callers"),
+    [(4, (), 4), (64, (3, 16), 3)],
+    ids=["full", "preferred"],
+)
+def test_a_full_or_preferred_batch_goes_at_once(
+    pool: ThreadPoolExecutor, max_batch_size: int, preferred: tuple[int, ...], callers: int
+) -> None:
+    fake = FakeModel()
+    batcher = Batcher(
+        fake,
+        executions=1,
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=30_000_000,  # 30 s: never reached here
+        preferred_batch_sizes=preferred,
+    )
+    start = threading.Barrier(callers)
+    inputs = [rows(1, start=10 * i) for i in range(callers)]
+
+    def call(x: npt.NDArray[np.float32]) -> Arrays:
+        start.wait()
+        return batcher.run({"x": x}, ["y", "s"])
+
+    began = time.monotonic()
+    futures = [pool.submit(call, x) for x in inputs]
+    for future, x in zip(futures, inputs, strict=True):
+        expect_own_answer(future, x, ("y", "s"))
+    assert time.monotonic() - began < 10
+    assert [c.rows for c in fake.calls] == [callers]
+
+
+def test_requests_that_cannot_wait_for_a_batch_go_at_once() -> None:
+    fake = FakeModel()
+    batcher = Batcher(fake, executions=1, max_batch_size=4, max_queue_delay_us=30_000_000)
+    began = time.monotonic()
+    for inputs in (
+        {"x": rows(6)},  # bigger than max_batch_size: alone
+        {"x": rows(4)},  # a full batch by itself
+        {"x": rows(2), "w": rows(3)},  # inputs disagree on rows: cannot merge
+    ):
+        np.testing.assert_array_equal(batcher.run(inputs, ("y",))["y"], inputs["x"] * 2)
+    assert time.monotonic() - began < 10
+    assert [c.rows for c in fake.calls] == [6, 4, 2]
+
+
+@pytest.mark.parametrize("delay_us", [0, 30_000_000])
+def test_queued_requests_are_cut_at_the_largest_preferred_size(
+    pool: ThreadPoolExecutor, delay_us: int
+) -> None:
+    fake = FakeModel()
+    batcher = Batcher(
+        fake, 1, max_batch_size=8, max_queue_delay_us=delay_us, preferred_batch_sizes=[2, 4]
+    )
+    held = hold_the_model(batcher, fake, pool)
+    sizes = [1, 2, 1, 3, 1]  # in order: 1, 3, 4 (preferred) | 3, 4 (preferred)
+    requests: list[tuple[Arrays, Outputs]] = [
+        ({"x": rows(n, start=10 * i)}, ("y",)) for i, n in enumerate(sizes)
+    ]
+    futures = queue_requests(batcher, pool, requests)
+    fake.release.set()
+    held.result(timeout=10)
+    for future, (inputs, outputs) in zip(futures, requests, strict=True):
+        expect_own_answer(future, inputs["x"], outputs)
+    assert [c.rows for c in fake.calls] == [8, 4, 4]
+
+
+def test_requests_queued_longer_than_the_delay_go_at_once_in_one_batch(
+    pool: ThreadPoolExecutor,
+) -> None:
+    """The model is the bottleneck: by the time it is free, the delay is up."""
+    fake = FakeModel()
+    batcher = Batcher(fake, 1, max_batch_size=8, max_queue_delay_us=50_000)
+    held = hold_the_model(batcher, fake, pool)
+    requests: list[tuple[Arrays, Outputs]] = [
+        ({"x": rows(1, width=3 if i < 3 else 4, start=10 * i)}, ("y", "s")) for i in range(4)
+    ]  # the last: another width, so its own batch, after
+    futures = queue_requests(batcher, pool, requests)
+    time.sleep(0.2)  # well past every queued request's delay
+    began = time.monotonic()
+    fake.release.set()
+    held.result(timeout=10)
+    for future, (inputs, outputs) in zip(futures, requests, strict=True):
+        expect_own_answer(future, inputs["x"], outputs)
+    assert time.monotonic() - began < 5
+    assert [c.shape for c in fake.calls] == [(8, 3), (3, 3), (1, 4)]
+
+
+OUTPUT_CHOICES: list[Outputs] = [("y", "s"), ("s",), ("y",)]
+
+
+@pytest.mark.parametrize("executions", [1, 2])
+@pytest.mark.parametrize("delay_us", [0, 20_000])
+def test_concurrent_callers_with_mixed_shapes_and_outputs_each_get_their_own_rows(
+    pool: ThreadPoolExecutor, executions: int, delay_us: int
+) -> None:
+    fake = FakeModel(delay_s=0.003)
+    preferred = (4, 8) if delay_us else ()
+    batcher = Batcher(fake, executions, 16, delay_us, preferred_batch_sizes=preferred)
+    requests: list[tuple[Arrays, Outputs]] = []
+    for i in range(48):
+        x = rows(1 + i % 5, width=3 + i % 2, start=100 * i)
+        requests.append(({"x": x.astype(np.float64) if i % 7 == 0 else x}, OUTPUT_CHOICES[i % 3]))
+    start = threading.Barrier(len(requests))
+
+    def call(index: int) -> Arrays:
+        start.wait()
+        time.sleep(0.001 * (index % 4))  # some stragglers
+        inputs, outputs = requests[index]
+        return batcher.run(inputs, outputs, f"r{index}")
+
+    futures = [pool.submit(call, index) for index in range(len(requests))]
+    for future, (inputs, outputs) in zip(futures, requests, strict=True):
+        answer = future.result(timeout=20)
+        assert answer["y" if "y" in outputs else "s"].dtype == inputs["x"].dtype
+        expect_own_answer(future, inputs["x"], outputs)
+    assert sum(c.rows for c in fake.calls) == sum(len(r[0]["x"]) for r in requests)
+    assert len(fake.calls) < len(requests)  # some merged
+    assert max(c.rows for c in fake.calls) <= 16
+    assert fake.most_running <= executions
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (RuntimeError("bad row"), InternalError("internal error; see the runner log")),
+        (InvalidInput("x", "values must not be negative"), None),
+    ],
+)
+def test_poisoned_requests_under_concurrency_fail_alone(
+    pool: ThreadPoolExecutor, raised: Exception, expected: Exception | None
+) -> None:
+    answered = expected or raised
+    fake = FakeModel(delay_s=0.002, fail_below_zero=raised)
+    batcher = Batcher(fake, 2, max_batch_size=32, max_queue_delay_us=50_000)
+    poisoned = {index for index in range(40) if index % 5 == 2}
+    requests: list[tuple[Arrays, Outputs]] = [
+        (
+            {
+                "x": rows(1, start=-7)
+                if i in poisoned
+                else rows(1 + i % 3, width=3 + i % 2, start=10 * i)
+            },
+            OUTPUT_CHOICES[i % 2],
+        )
+        for i in range(40)
+    ]
+    start = threading.Barrier(len(requests))
+
+    def call(index: int) -> Arrays:
+        start.wait()
+        inputs, outputs = requests[index]
+        return batcher.run(inputs, outputs, f"r{index}")
+
+    with structlog.testing.capture_logs() as logs:
+        futures = [pool.submit(call, index) for index in range(len(requests))]
+        for index, (future, (inputs, outputs)) in enumerate(zip(futures, requests, strict=True)):
+            if index in poisoned:
+                error = future.exception(timeout=20)
+                assert (type(error), str(error)) == (type(answered), str(answered))
+            else:
+                expect_own_answer(future, inputs["x"], outputs)
+    # At least one merged call held a poisoned row next to good ones, and failed.
+    assert any(c.poisoned and c.rows > 1 for c in fake.calls)
+    failures = {entry["request_id"] for entry in logs if entry["event"] == "inference failed"}
+    assert failures == (set() if expected is None else {f"r{i}" for i in poisoned})
+
+
+# --- batching options in model.yaml -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("runner", "message"),
+    [
+        ("{max_batch_size: 8, max_queue_delay_us: -1}", "max_queue_delay_us"),
+        ("{max_batch_size: 8, preferred_batch_sizes: [0, 4]}", "must be positive, got [0, 4]"),
+        ("{max_batch_size: 8, preferred_batch_sizes: [4, 16]}", "must not exceed max_batch_size 8"),
+        ("{max_queue_delay_us: 100}", "need max_batch_size set above 0"),
+        ("{preferred_batch_sizes: [4]}", "need max_batch_size set above 0"),
+        ("{max_batch_size: 0, max_queue_delay_us: 100}", "need max_batch_size set above 0"),
+        ("{max_batch_size: -1}", "max_batch_size"),
+        ("{max_batch_size: 8, max_queue_delay_ms: 5}", "max_queue_delay_ms"),  # not ours
+        ("{max_batch_size: 8, preferred_batch_sizes: 4}", "preferred_batch_sizes"),
+    ],
+)
+def test_bad_batching_options_are_config_errors(tmp_path: Path, runner: str, message: str) -> None:
+    write_model_yaml(tmp_path, "m", f"runner: {runner}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_model_config(tmp_path / "m")
+    assert str(tmp_path / "m" / "model.yaml") in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_batching_options_defaults_and_preferred_sizes_sorted(tmp_path: Path) -> None:
+    defaults = load_model_config(tmp_path / "none").runner
+    assert (defaults.max_batch_size, defaults.max_queue_delay_us) == (None, 0)
+    assert defaults.preferred_batch_sizes == []
+    write_model_yaml(
+        tmp_path,
+        "m",
+        "runner: {max_batch_size: 32, max_queue_delay_us: 500,"
+        " preferred_batch_sizes: [16, 4, 16]}\n",
+    )
+    options = load_model_config(tmp_path / "m").runner
+    assert (options.max_batch_size, options.max_queue_delay_us) == (32, 500)
+    assert options.preferred_batch_sizes == [4, 16]
+    with pytest.raises(ValueError, match=r"not in 1\.\.8"):
+        Batcher(FakeModel(), 1, max_batch_size=8, preferred_batch_sizes=[4, 16])
 
 
 # --- which models batch by default ----------------------------------------------------------
@@ -442,3 +693,118 @@ def test_health_and_metadata_answer_while_the_model_runs(
         assert time.monotonic() - began < 1.0
         assert not busy.done()
         np.testing.assert_array_equal(outputs_of(busy.result(timeout=10))["y"], [3.0])
+
+
+def test_with_a_queue_delay_concurrent_requests_get_the_estimators_own_answers(
+    tmp_path: Path, iris_clf: LogisticRegression, pool: ThreadPoolExecutor
+) -> None:
+    write_model_yaml(
+        tmp_path,
+        "iris",
+        "runner: {threads: 1, max_batch_size: 64, max_queue_delay_us: 20000,"
+        " preferred_batch_sizes: [32]}\n",
+    )
+    model_dir = save_joblib(tmp_path, "iris", "1", iris_clf)
+    slices = [(i * 11 % 140, i * 11 % 140 + 1 + i % 6) for i in range(48)]
+    with running(model_dir, "iris") as runner:
+        log_text = runner.log()
+        assert '"max_queue_delay_us": 20000' in log_text
+        assert '"preferred_batch_sizes": [32]' in log_text
+        stub = runner.stub()
+        start = threading.Barrier(len(slices))
+
+        def call(index: int) -> Any:
+            lo, hi = slices[index]
+            request = infer_request(
+                "iris",
+                {"input": X32[lo:hi]},
+                raw=index % 2 == 0,
+                outputs=["label"] if index % 3 == 0 else [],  # another batch key
+                request_id=f"req-{index}",
+            )
+            start.wait()
+            return stub.ModelInfer(request, timeout=20)
+
+        responses = list(pool.map(call, range(len(slices))))
+    for index, ((lo, hi), response) in enumerate(zip(slices, responses, strict=True)):
+        assert response.id == f"req-{index}"
+        out = outputs_of(response)
+        np.testing.assert_array_equal(out["label"], iris_clf.predict(X32[lo:hi]))
+        if index % 3 == 0:
+            assert sorted(out) == ["label"]
+        else:
+            want = iris_clf.predict_proba(X32[lo:hi])
+            np.testing.assert_allclose(out["probabilities"], want, rtol=1e-12, atol=1e-15)
+
+
+POISONABLE_MODEL = """
+from pathlib import Path
+
+from greenroom_client.errors import InvalidInput
+
+class Model:
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]
+    outputs = [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]
+
+    def load(self, path):
+        self.calls = open(Path(path) / "calls.txt", "a", buffering=1)
+
+    def predict(self, inputs):
+        x = inputs["x"]
+        self.calls.write(f"{len(x)} {int((x == 666).any())} {int((x == 777).any())}\\n")
+        if (x == 666).any():
+            raise InvalidInput("x", "666 is not allowed")
+        if (x == 777).any():
+            raise RuntimeError("777 breaks the model")
+        return {"y": x * 2}
+"""
+
+
+def test_a_poisoned_request_fails_alone_in_a_real_runner(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    model_dir = save_custom(tmp_path, "poison", "1", POISONABLE_MODEL)
+    write_model_yaml(
+        tmp_path, "poison", "runner: {max_batch_size: 64, max_queue_delay_us: 50000}\n"
+    )
+    markers = {index: 666.0 if index % 2 else 777.0 for index in range(3, 40, 5)}
+    inputs = [
+        np.full((1, 2), markers[i], np.float32) if i in markers else rows(1 + i % 3, 2, 10 * i)
+        for i in range(40)
+    ]
+    with running(model_dir, "poison") as runner:
+        stub = runner.stub()
+        start = threading.Barrier(len(inputs))
+
+        def call(index: int) -> Any:
+            request = infer_request(
+                "poison", {"x": inputs[index]}, raw=index % 2 == 0, request_id=f"req-{index}"
+            )
+            start.wait()
+            try:
+                return outputs_of(stub.ModelInfer(request, timeout=20))
+            except grpc.RpcError as err:
+                return err
+
+        answers = list(pool.map(call, range(len(inputs))))
+        events = [json.loads(line) for line in runner.log().splitlines() if line.startswith("{")]
+    for index, (x, answer) in enumerate(zip(inputs, answers, strict=True)):
+        if index not in markers:
+            np.testing.assert_array_equal(answer["y"], x * 2)
+        elif markers[index] == 666.0:
+            assert (answer.code(), answer.details()) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "input 'x': 666 is not allowed",
+            )
+        else:
+            assert (answer.code(), answer.details()) == (
+                grpc.StatusCode.INTERNAL,
+                "internal error; see the runner log",
+            )
+    lines = (model_dir / "calls.txt").read_text().splitlines()
+    calls = [tuple(int(field) for field in line.split()) for line in lines]
+    # Merged calls held poisoned rows beside good ones; each poisoned request ran again alone.
+    assert any(n > 1 and (bad or broken) for n, bad, broken in calls)
+    assert sum(1 for n, bad, broken in calls if n == 1 and (bad or broken)) == len(markers)
+    failed = sorted(e["request_id"] for e in events if e.get("event") == "inference failed")
+    assert failed == sorted(f"req-{i}" for i, marker in markers.items() if marker == 777.0)

@@ -167,6 +167,11 @@ class Ledger:
         """Every saved change of the model's deployment, oldest first."""
         return self._store.history(model)
 
+    def deployment_changes(self) -> int:
+        """Deployment changes saved so far, all models together: when it moves, another
+        process sharing this database changed a deployment."""
+        return self._store.deployment_changes()
+
 
 def _validate_feedback(model: str, items: Sequence[tuple[str, int, str]]) -> None:
     """Raise ValueError naming the first bad item (by index) so a client can fix its file."""

@@ -237,6 +237,14 @@ class Store:
             text = connection.execute(query).scalar_one_or_none()
         return None if text is None else dict(json.loads(text))
 
+    def deployment_changes(self) -> int:
+        """How many deployment changes were ever saved (of every model): a cheap counter
+        that moves with every commit. A count, not the highest id: PostgreSQL transactions
+        may commit their sequence ids out of order."""
+        query = sa.select(sa.func.count()).select_from(deployment_history)
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
     def history(self, model: str) -> list[HistoryEntry]:
         h = deployment_history
         query = (

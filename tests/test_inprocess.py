@@ -1,0 +1,339 @@
+"""The in-process lane (``runner: inprocess``): ONNX models run by the gateway itself.
+
+A real gateway serves the same ONNX file twice, in process (``fast``) and by a runner
+process (``twin``): answers, metadata and errors must be the same, and no runner process
+may exist for the in-process versions. Plus: a shadow run in process, recorded in the
+ledger; a non-ONNX version marked inprocess; the event loop free while a model computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import joblib
+import numpy as np
+import onnxruntime as ort
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from gateway.inprocess import InProcessRunner
+from gateway.repository import load_model
+from gateway.settings import GatewaySettings
+from gateway.supervisor import RunnerState
+from greenroom_client.errors import DeadlineExceeded
+from greenroom_proto.inference import grpc_service_pb2 as pb
+from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
+from runners.config import ConfigError, ModelConfig
+from tests.conftest import GatewayProcess
+from tests.models import export_onnx, iris
+from tests.test_bad_input import CASES
+from tests.test_external_and_cli import greenroom
+from tests.test_gateway import outputs, request
+
+LOOSE_INPUTS = "inputs: [{name: input, datatype: FP32, shape: [-1, -1]}]\n"
+
+
+def build(repo: Path) -> dict[str, LogisticRegression]:
+    """fast (in process) and twin (runner process): one ONNX file (batched: fast with a
+    queue delay and two model threads); loose and loose-twin:
+    the same with a signature that lets a wrong width reach the model; mixed: v1 by a
+    runner process, v2 (another model) in process; wrong: a joblib marked inprocess."""
+    x, y = iris()
+    strong = make_pipeline(LogisticRegression(max_iter=500)).fit(x, y)
+    weak = make_pipeline(LogisticRegression(C=0.001, max_iter=500)).fit(x, y)
+    for name in ("fast", "twin", "loose", "loose-twin", "batched"):
+        export_onnx(strong, 4, repo / name / "1" / "model.onnx")
+    export_onnx(weak, 4, repo / "mixed" / "1" / "model.onnx")
+    export_onnx(strong, 4, repo / "mixed" / "2" / "model.onnx")
+    (repo / "fast" / "model.yaml").write_text("runner: inprocess\n")
+    (repo / "batched" / "model.yaml").write_text(
+        "runner: {kind: inprocess, threads: 2, max_batch_size: 64, max_queue_delay_us: 2000}\n"
+    )
+    (repo / "loose" / "model.yaml").write_text("runner: {kind: inprocess}\n" + LOOSE_INPUTS)
+    (repo / "loose-twin" / "model.yaml").write_text(LOOSE_INPUTS)
+    (repo / "mixed" / "model.yaml").write_text(
+        'primary: "1"\nrunner: {kind: inprocess, versions: ["2"]}\n'
+    )
+    (repo / "wrong" / "1").mkdir(parents=True)
+    joblib.dump(strong, repo / "wrong" / "1" / "model.joblib")
+    (repo / "wrong" / "model.yaml").write_text("runner: inprocess\n")
+    return {"strong": strong, "weak": weak}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, Path]]:
+    repo = tmp_path_factory.mktemp("inprocess-models")
+    build(repo)
+    gateway = GatewayProcess(repo, tmp_path_factory.mktemp("inprocess-data"))
+    try:
+        yield gateway, repo
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(served: tuple[GatewayProcess, Path]) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(served[0].target) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def onnxruntime_answers(repo: Path, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"))
+    label, proba = session.run(["label", "probabilities"], {"input": x})
+    return {"label": label, "probabilities": proba}
+
+
+def rpc_error(stub: pb_grpc.GRPCInferenceServiceStub, message: pb.ModelInferRequest) -> Any:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(message)
+    return info.value
+
+
+def test_no_runner_process_for_in_process_versions(served: tuple[GatewayProcess, Path]) -> None:
+    pids = served[0].runner_pids()
+    assert {"twin/1", "loose-twin/1", "mixed/1"} <= set(pids)
+    assert not {"fast/1", "batched/1", "loose/1", "mixed/2", "wrong/1"} & set(pids)
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
+def test_answers_equal_onnxruntime_and_the_runner_process(
+    stub: pb_grpc.GRPCInferenceServiceStub, served: tuple[GatewayProcess, Path], raw: bool
+) -> None:
+    x, _ = iris()
+    for rows in (x[:1], x):
+        expected = onnxruntime_answers(served[1], "fast", rows)
+        reply = stub.ModelInfer(request("fast", {"input": rows}, raw=raw, id="q-1"))
+        assert (reply.model_name, reply.model_version, reply.id) == ("fast", "1", "q-1")
+        assert bool(reply.raw_output_contents) == raw
+        if not raw:
+            assert reply.outputs[0].contents.int64_contents
+        got = outputs(reply)
+        for name, array in expected.items():
+            np.testing.assert_array_equal(got[name], array)
+        # Byte for byte what the ONNX runner process answers for the same request.
+        twin = stub.ModelInfer(request("twin", {"input": rows}, raw=raw, id="q-1"))
+        reply.model_name = "twin"
+        assert reply == twin
+
+
+def test_id_made_requested_outputs_and_stream(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    x, _ = iris()
+    made = stub.ModelInfer(request("fast", {"input": x[:1]})).id
+    assert uuid.UUID(made)
+    message = request("fast", {"input": x[:2]})
+    message.outputs.add(name="probabilities")
+    assert [o.name for o in stub.ModelInfer(message).outputs] == ["probabilities"]
+    good = [request("fast", {"input": x[i : i + 2]}, id=f"s{i}") for i in range(3)]
+    replies = list(stub.ModelStreamInfer(iter(good)))
+    assert [r.infer_response.id for r in replies] == ["s0", "s1", "s2"]
+    assert all(not r.error_message for r in replies)
+
+
+def test_metadata_ready_and_index(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    fast = stub.ModelMetadata(pb.ModelMetadataRequest(name="fast"))
+    twin = stub.ModelMetadata(pb.ModelMetadataRequest(name="twin"))
+    assert fast.platform == "onnxruntime"
+    twin.name = "fast"
+    assert fast == twin
+    assert stub.ModelReady(pb.ModelReadyRequest(name="fast")).ready
+    assert stub.ModelReady(pb.ModelReadyRequest(name="mixed", version="2")).ready
+    index = {
+        (m.name, m.version): m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    }
+    for key in (("fast", "1"), ("loose", "1"), ("mixed", "2")):
+        assert (index[key].state, index[key].reason) == ("READY", "serving in process")
+    assert index[("twin", "1")].state == "READY"
+
+
+def _renamed(message: pb.ModelInferRequest, name: str) -> pb.ModelInferRequest:
+    copy = pb.ModelInferRequest()
+    copy.CopyFrom(message)
+    if copy.model_name == "iris":
+        copy.model_name = name
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("case", "message"), [(c[0], c[1]) for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_errors_equal_the_runner_process(
+    stub: pb_grpc.GRPCInferenceServiceStub, case: str, message: pb.ModelInferRequest
+) -> None:
+    fast = rpc_error(stub, _renamed(message, "fast"))
+    twin = rpc_error(stub, _renamed(message, "twin"))
+    assert fast.code() == twin.code(), case
+    assert fast.details().replace("'fast'", "'twin'") == twin.details(), case
+
+
+def test_model_errors_equal_the_runner_process(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    """A width that the declared signature lets through fails inside ONNX Runtime: INTERNAL
+    with the generic message, as from a runner process; the gateway serves on."""
+    x, _ = iris()
+    wrong_width = {"input": x[:2, :3].copy()}
+    loose = rpc_error(stub, request("loose", wrong_width))
+    twin = rpc_error(stub, request("loose-twin", wrong_width))
+    assert loose.code() == twin.code() == grpc.StatusCode.INTERNAL
+    assert loose.details() == twin.details()
+    assert outputs(stub.ModelInfer(request("loose", {"input": x[:2]})))["label"].shape == (2,)
+
+
+@pytest.mark.parametrize("name", ["fast", "batched"])
+def test_100_concurrent_requests(
+    stub: pb_grpc.GRPCInferenceServiceStub, served: tuple[GatewayProcess, Path], name: str
+) -> None:
+    x, _ = iris()
+    rng = np.random.default_rng(5)
+    batches = [x[rng.integers(0, len(x), size=1 + i % 9)] for i in range(100)]
+    futures = [
+        stub.ModelInfer.future(request(name, {"input": rows}, raw=i % 3 != 0, id=f"c{i}"))
+        for i, rows in enumerate(batches)
+    ]
+    for i, (future, rows) in enumerate(zip(futures, batches, strict=True)):
+        reply = future.result(timeout=60)
+        assert reply.id == f"c{i}"
+        expected = onnxruntime_answers(served[1], "fast", rows)
+        got = outputs(reply)
+        np.testing.assert_array_equal(got["label"], expected["label"])
+        # Concurrent requests are merged into one model call (runners.batching), where a
+        # float32 may differ from a lone call's in its last bits (a kernel for the shape).
+        np.testing.assert_allclose(
+            got["probabilities"], expected["probabilities"], rtol=1e-5, atol=1e-7
+        )
+
+
+def cli_json(*args: str) -> Any:
+    done = greenroom(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_in_process_shadow_is_recorded_in_the_ledger(
+    stub: pb_grpc.GRPCInferenceServiceStub, served: tuple[GatewayProcess, Path]
+) -> None:
+    gateway, repo = served
+    target = gateway.target
+    cli_json("deploy", "mixed", "--primary", "1", "--shadow", "2:1.0", "--reason", "try v2",
+             "--target", target)  # fmt: skip
+    x, y = iris()
+    for i in range(len(x)):
+        reply = stub.ModelInfer(request("mixed", {"input": x[i : i + 1]}, id=f"m-{i}"))
+        assert reply.model_version == "1"
+    labels = Path(gateway.data_dir) / "mixed-labels.csv"
+    with labels.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["request_id", "row", "label"])
+        writer.writerows([f"m-{i}", 0, int(label)] for i, label in enumerate(y))
+    deadline = time.monotonic() + 30
+    while True:  # shadow copies are answered after the primary, and recorded in batches
+        report = cli_json("report", "mixed", "--target", target)
+        by_version = {v["version"]: v for v in report["versions"]}
+        if by_version.get("2", {}).get("predictions") == len(x) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert report["ledger"]["shadow_drops"] == {"2": 0}
+    assert by_version["2"]["role"] == "shadow"
+    assert by_version["2"]["predictions"] == len(x)
+    fed = cli_json("feedback", "mixed", "--file", str(labels), "--target", target)
+    assert fed["matched"] == len(x)
+    report = cli_json("report", "mixed", "--target", target)
+    by_version = {v["version"]: v for v in report["versions"]}
+    for version, model_dir in (("1", "mixed/1"), ("2", "mixed/2")):
+        session = ort.InferenceSession(str(repo / model_dir / "model.onnx"))
+        predicted = session.run(["label"], {"input": x})[0]
+        expected = float(np.mean(predicted == y))
+        assert by_version[version]["labelled"] == len(x)
+        assert by_version[version]["accuracy"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_non_onnx_version_marked_inprocess_is_unavailable_with_the_reason(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    index = {
+        (m.name, m.version): m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    }
+    wrong = index[("wrong", "1")]
+    assert wrong.state == "UNAVAILABLE"
+    assert "runner: inprocess" in wrong.reason and "ONNX" in wrong.reason
+    assert "joblib" in wrong.reason
+    assert not stub.ModelReady(pb.ModelReadyRequest(name="wrong")).ready
+    x, _ = iris()
+    error = rpc_error(stub, request("wrong", {"input": x[:1]}))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert wrong.reason in error.details()
+
+
+# ---- without a gateway ---------------------------------------------------------------
+
+
+def test_model_yaml_forms(tmp_path: Path) -> None:
+    assert ModelConfig.model_validate({"runner": "inprocess"}).runner.in_process("1")
+    options = ModelConfig.model_validate({"runner": {"kind": "inprocess", "threads": 2}}).runner
+    assert options.threads == 2 and options.in_process("7")
+    some = ModelConfig.model_validate({"runner": {"kind": "inprocess", "versions": ["2"]}}).runner
+    assert some.in_process("2") and not some.in_process("1")
+    assert not ModelConfig.model_validate({"runner": {"threads": 2}}).runner.in_process("1")
+    for bad in ("elsewhere", {"versions": ["2"]}, {"kind": "inprocess", "instances": 2}):
+        with pytest.raises(ValueError):
+            ModelConfig.model_validate({"runner": bad})
+    export_onnx(
+        make_pipeline(LogisticRegression()).fit(*iris()), 4, tmp_path / "m" / "1" / "model.onnx"
+    )
+    (tmp_path / "m" / "model.yaml").write_text('runner: {kind: inprocess, versions: ["3"]}\n')
+    with pytest.raises(ConfigError, match=r"runner\.versions names"):
+        load_model(tmp_path / "m")
+
+
+def test_the_event_loop_runs_while_the_model_computes(tmp_path: Path) -> None:
+    """Model calls run in the runner's pool: the loop keeps ticking, and a call past its
+    deadline is answered DEADLINE_EXCEEDED at once, whatever the model is doing."""
+    x, _ = iris()
+    model_dir = tmp_path / "m"
+    export_onnx(
+        make_pipeline(LogisticRegression(max_iter=500)).fit(*iris()),
+        4,
+        model_dir / "1" / "model.onnx",
+    )
+    model = load_model(model_dir)
+    message = request("m", {"input": x[:3]}, id="e-1").SerializeToString()
+
+    async def scenario() -> None:
+        runner = InProcessRunner(model.versions["1"], model.config, GatewaySettings())
+        assert runner.reason == "loading the model in process"
+        runner.start()
+        await runner.wait_settled(30)
+        assert runner.state == RunnerState.READY
+        reply = pb.ModelInferResponse.FromString(await runner.infer(message, 5.0))
+        assert reply.id == "e-1" and outputs(reply)["label"].shape == (3,)
+        answer = runner._servicer.answer
+
+        def slow(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+            time.sleep(0.5)  # holds a pool thread as a long model call would
+            return answer(request)
+
+        runner._servicer.answer = slow  # type: ignore[method-assign]
+        call = asyncio.create_task(runner.infer(message, 5.0))
+        ticks = 0
+        began = time.monotonic()
+        while not call.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert time.monotonic() - began >= 0.45 and ticks >= 20
+        assert pb.ModelInferResponse.FromString(call.result()).id == "e-1"
+        began = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match=r"no answer within 0\.1s"):
+            await runner.infer(message, 0.1)
+        assert time.monotonic() - began < 0.4
+        assert runner.in_flight == 0
+        await runner.stop()
+        assert runner.reason == "gateway is shutting down"
+
+    asyncio.run(scenario())
