@@ -1,6 +1,6 @@
 """The ``greenroom`` command: serve a repository, run the demo, and call a running gateway.
 
-    greenroom serve --repo DIR [--host H] [--port P] [--data-dir DIR]
+    greenroom serve --repo DIR [--host H] [--port P] [--data-dir DIR] [--workers N]
     greenroom demo [--repo DIR] [--port P]
     greenroom models [--target HOST:PORT] [--json]
     greenroom infer MODEL --input NAME=JSON [--version V] [--id ID] [--target HOST:PORT] [--json]
@@ -44,6 +44,10 @@ def _serve_args(parser: argparse.ArgumentParser, repo: Path | None) -> None:
     parser.add_argument("--max-message-bytes", type=int, default=None)
     parser.add_argument("--database-url", default=None, help="default: SQLite in --data-dir")
     parser.add_argument(
+        "--workers", type=int, default=None,
+        help="gateway processes sharing the port (default 1)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-record", dest="record_predictions", action="store_false", default=None,
         help="do not record answers in the ledger",
     )  # fmt: skip
@@ -61,6 +65,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
             "max_message_bytes": args.max_message_bytes,
             "database_url": args.database_url,
             "record_predictions": args.record_predictions,
+            "workers": args.workers,
         }.items()
         if value is not None
     }
@@ -72,6 +77,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure(settings.log_format, settings.log_level)
+    if settings.workers > 1:
+        from gateway.workers import serve_workers
+
+        asyncio.run(serve_workers(settings))
+        return 0
     asyncio.run(serve(settings))
     return 0
 
