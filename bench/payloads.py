@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
 
 from greenroom_proto.inference import grpc_service_pb2 as pb
 
@@ -52,6 +53,19 @@ def train_model(repo: Path) -> Path:
     version_dir.mkdir(parents=True)
     joblib.dump(model, version_dir / "model.joblib")
     return version_dir
+
+
+def train_inprocess(repo: Path) -> None:
+    """The same LogisticRegression exported to ONNX, served in the gateway's process
+    (model.yaml ``runner: inprocess``), under the same name so the payloads fit."""
+    from gateway.demo import onnx_bytes  # noqa: PLC0415 - skl2onnx is slow to import
+
+    features, labels = _dataset()
+    pipeline = make_pipeline(LogisticRegression(max_iter=500)).fit(features, labels)
+    version_dir = repo / MODEL_NAME / MODEL_VERSION
+    version_dir.mkdir(parents=True)
+    (version_dir / "model.onnx").write_bytes(onnx_bytes(pipeline, N_FEATURES, n_classes=2))
+    (repo / MODEL_NAME / "model.yaml").write_text("runner: inprocess\n")
 
 
 def train_lightgbm(python_repo: Path, go_repo: Path) -> None:

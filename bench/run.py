@@ -65,6 +65,7 @@ from payloads import (
     N_FEATURES,
     Payload,
     train_forest,
+    train_inprocess,
     train_lightgbm,
     train_model,
     write_payload,
@@ -76,6 +77,7 @@ from report import (
     FOREST_OFF,
     FOREST_ON,
     GATEWAY,
+    INPROCESS,
     LGBM_GO,
     LGBM_PY,
     MLSERVER,
@@ -88,11 +90,10 @@ from report import (
     Run,
 )
 
-# Measured in every scenario of the matrix (payloads x concurrencies). The in-process
-# lane's target (report.INPROCESS, issue 5) belongs here once it exists.
+# Measured in every scenario of the matrix (payloads x concurrencies).
 MATRIX = (ECHO, FLOOR, RUNNER, GATEWAY, SHADOW, MLSERVER)
 # Measured only at the concurrencies of SIDE_CONCURRENCIES: their ratios need no more.
-SIDE = (NO_LEDGER, LGBM_PY, LGBM_GO)
+SIDE = (INPROCESS, NO_LEDGER, LGBM_PY, LGBM_GO)
 SIDE_CONCURRENCIES = (1, 16)
 # Measured only with 1 row at the forest's concurrency (--forest-concurrency).
 FOREST = (FOREST_ON, FOREST_OFF)
@@ -394,6 +395,7 @@ def _argvs(work: Path) -> dict[str, list[str]]:
         GATEWAY: _gateway_argv(repo, work / "data"),
         NO_LEDGER: _gateway_argv(repo, work / "data-no-ledger", "--no-record"),
         SHADOW: _gateway_argv(work / "models-shadow", work / "data-shadow"),
+        INPROCESS: _gateway_argv(work / "models-inprocess", work / "data-inprocess"),
         LGBM_PY: [PYTHON, "-m", "runners", *_runner_args(work / "models-lgbm-py", LGBM_NAME)],
         LGBM_GO: [str(GO_RUNNER), *_runner_args(work / "models-lgbm-go", LGBM_NAME)],
         FOREST_ON: [PYTHON, "-m", "runners", *_runner_args(work / "models-rf", FOREST_NAME)],
@@ -462,7 +464,7 @@ def start_all(ctx: Context, stack: contextlib.ExitStack, work: Path) -> dict[str
             started[FLOOR] = stack.enter_context(serving(ctx, FLOOR, argv))
     if LGBM_GO in wanted:
         _build_go_runner(ctx)
-    for name in (RUNNER, GATEWAY, SHADOW, NO_LEDGER, LGBM_PY, LGBM_GO, *FOREST):
+    for name in (RUNNER, GATEWAY, SHADOW, INPROCESS, NO_LEDGER, LGBM_PY, LGBM_GO, *FOREST):
         if name in wanted:
             started[name] = stack.enter_context(serving(ctx, name, argvs[name]))
     if MLSERVER in wanted:
@@ -548,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             THOUSAND: write_payload(work, THOUSAND, 1000, LGBM_NAME),
         }
         train_forest(work / "models-rf", work / "models-rf-nobatch")
+        train_inprocess(work / "models-inprocess")
         forest = {ONE: write_payload(work, ONE, 1, FOREST_NAME)}
         results = Results(meta=_meta(plan, payloads))
         ctx = Context(plan, payloads, results, log_dir, lgbm, forest)

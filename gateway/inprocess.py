@@ -44,7 +44,7 @@ import structlog
 
 from gateway.repository import VersionEntry
 from gateway.settings import GatewaySettings
-from gateway.supervisor import MAX_IN_FLIGHT, RunnerState, Signature, Transport
+from gateway.supervisor import MAX_IN_FLIGHT, Dispatched, RunnerState, Signature
 from greenroom_client.errors import (
     DeadlineExceeded,
     GreenroomError,
@@ -170,9 +170,11 @@ class InProcessRunner:
 
     # ---- calls ------------------------------------------------------------------------
 
-    async def infer(self, request: bytes, timeout: float, via: Transport | None = None) -> bytes:
-        """Answer a serialized ModelInferRequest with a serialized ModelInferResponse
-        (``via`` is ignored: there is no hop to carry)."""
+    async def infer(
+        self, request: bytes, timeout: float, after_dispatch: Dispatched | None = None
+    ) -> bytes:
+        """Answer a serialized ModelInferRequest with a serialized ModelInferResponse;
+        ``after_dispatch`` runs once the request is queued for a pool thread."""
         if self.state != RunnerState.READY:
             raise Unavailable(f"{self.where} is not ready: {self.reason}")
         if self._in_flight >= MAX_IN_FLIGHT:
@@ -183,6 +185,8 @@ class InProcessRunner:
             call = asyncio.get_running_loop().run_in_executor(
                 self._pool, context.run, self._answer, request
             )
+            if after_dispatch is not None:
+                after_dispatch()
             async with asyncio.timeout(timeout):
                 return await call
         except TimeoutError:

@@ -21,7 +21,7 @@ import itertools
 from typing import Protocol
 
 from gateway.repository import VersionEntry
-from gateway.supervisor import Runner, RunnerState, Signature, Transport
+from gateway.supervisor import Dispatched, Runner, RunnerState, Signature
 from greenroom_client.errors import Unavailable
 from runners.config import ModelConfig
 
@@ -49,7 +49,7 @@ class Backend(Protocol):
     async def stop(self) -> None: ...
 
     async def infer(
-        self, request: bytes, timeout: float, via: Transport | None = None
+        self, request: bytes, timeout: float, after_dispatch: Dispatched | None = None
     ) -> bytes: ...
 
 
@@ -111,17 +111,19 @@ class ReplicaSet:
         self._last_pick[best] = next(self._turn)
         return self.replicas[best]
 
-    async def infer(self, request: bytes, timeout: float, via: Transport | None = None) -> bytes:
+    async def infer(
+        self, request: bytes, timeout: float, after_dispatch: Dispatched | None = None
+    ) -> bytes:
         """On the chosen replica; if it turns out to be gone (UNAVAILABLE: it died before
         its health check noticed), once more on another READY one. With none READY, the
         first replica's ``infer`` raises UNAVAILABLE with its reason."""
         chosen = self.pick()
         if chosen is None:
-            return await self.replicas[0].infer(request, timeout, via)
+            return await self.replicas[0].infer(request, timeout, after_dispatch)
         try:
-            return await chosen.infer(request, timeout, via)
+            return await chosen.infer(request, timeout, after_dispatch)
         except Unavailable:
             other = self.pick(avoid=chosen)
             if other is None:
                 raise
-            return await other.infer(request, timeout, via)
+            return await other.infer(request, timeout)

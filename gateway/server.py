@@ -24,7 +24,6 @@ from gateway.control_servicer import CONTROL_SERVICES, add_control_servicers
 from gateway.ledger import Ledger
 from gateway.policy import AutoPromoter
 from gateway.recording import OutputRoles, Recorder, to_answer
-from gateway.relay import ShadowRelay
 from gateway.repository import scan
 from gateway.router import Router
 from gateway.servicer import SERVICE, InferenceServicer, generic_handler
@@ -59,14 +58,6 @@ def open_ledger(settings: GatewaySettings) -> Ledger:
     return Ledger.for_data_dir(
         settings.data_dir, convert=to_answer, queue_items=queue, flush_interval_s=interval
     )
-
-
-async def open_shadows(settings: GatewaySettings) -> ShadowFanout:
-    """The shadow fan-out, with its relay process started unless settings turn it off."""
-    relay = ShadowRelay(settings.transport_limit) if settings.shadow_relay else None
-    if relay is not None:
-        await relay.start()
-    return ShadowFanout(settings.shadow_limit, settings.shadow_deadline_s, relay)
 
 
 def build_server(
@@ -122,7 +113,7 @@ class Gateway:
         await asyncio.to_thread(ledger.start)
         fleet = Fleet.for_models(models, settings)
         router = Router(models, fleet.runners)
-        shadows = await open_shadows(settings)
+        shadows = ShadowFanout(settings.shadow_limit, settings.shadow_deadline_s)
         control = ControlPlane(router, ledger, shadows.drops)
         await control.restore()
         recorder = Recorder(ledger, RolesCache(router), settings.record_predictions)
@@ -143,7 +134,6 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.shadows.drain(timeout=self.settings.shadow_deadline_s)
-        await self.shadows.close()
         await asyncio.to_thread(self.ledger.stop)
         await self.fleet.stop()
         log.info("gateway stopped", ledger=self.ledger.stats)

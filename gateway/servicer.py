@@ -112,8 +112,14 @@ class InferenceServicer:
 
         version = plan.runner.entry.version
         began = time.perf_counter()
+
+        def fan_out() -> None:
+            self.shadows.fan_out(
+                model, plan.shadows, lambda v, t: self._shadow(request, request_id, v, raw, t)
+            )
+
         try:
-            reply = await plan.runner.infer(raw, timeout)
+            reply = await plan.runner.infer(raw, timeout, fan_out if plan.shadows else None)
         except GreenroomError as exc:
             latency = (time.perf_counter() - began) * 1e3
             self.recorder.failed(
@@ -125,11 +131,6 @@ class InferenceServicer:
                 status=exc.code,
             )
             raise
-        finally:
-            if plan.shadows:  # copies leave once the primary has answered: see shadow.py
-                self.shadows.fan_out(
-                    model, plan.shadows, lambda v, t: self._shadow(request, request_id, v, raw, t)
-                )
         latency = (time.perf_counter() - began) * 1e3
         self.recorder.answered(reply, model, version, plan.role, latency)
         return reply
@@ -146,8 +147,7 @@ class InferenceServicer:
         model = request.model_name
         began = time.perf_counter()
         try:
-            backend = self.router.resolve(model, version)
-            reply = await backend.infer(raw, timeout, self.shadows.via)
+            reply = await self.router.resolve(model, version).infer(raw, timeout)
         except Exception as exc:
             latency = (time.perf_counter() - began) * 1e3
             code = exc.code if isinstance(exc, GreenroomError) else "INTERNAL"

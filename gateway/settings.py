@@ -50,9 +50,6 @@ class GatewaySettings(BaseSettings):
     # counted), each under its own deadline.
     shadow_limit: int = Field(default=64, gt=0)
     shadow_deadline_s: float = Field(default=5.0, gt=0)
-    # Shadow copies go through a helper process (gateway.relay), off the event loop that
-    # answers live traffic; off: the gateway makes the shadow calls itself.
-    shadow_relay: bool = True
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -1,17 +1,13 @@
 """Shadow fan-out: copies of live requests to candidate versions, never in the way.
 
-A shadow call starts only once the primary has answered (or failed): started beside it,
-the copy's runner, its reply and its record compete with the primary for the same few
-cores and for the event loop, which cost the primary about a fifth of its one-row latency
-on a two-core machine; started after it, they overlap the client's next request instead.
-The copy runs under its own deadline, and is bounded per shadow version: when a version
-already has ``limit`` copies in flight the new copy is dropped and counted, so a slow or
-stalled shadow can neither queue work without bound nor delay the primary. ``send``
-records the outcome (the ledger); errors are counted here and never reach the client.
-
-With a ``relay`` (the default; ``gateway.relay``) the copies' gRPC calls are made by a
-helper process, so that they cost the event loop that answers live traffic a framed
-write and read instead of a whole client call.
+A shadow call starts right after the primary call has been dispatched, so that it is
+scheduled behind the primary and its runner computes while the primary's does (on a
+two-core machine, starting it only once the primary had answered measured worse: the copy
+then competes with the client's next request). The copy runs under its own deadline and
+is bounded per shadow version: when a version already has ``limit`` copies in flight the
+new copy is dropped and counted, so a slow or stalled shadow can neither queue work
+without bound nor delay the primary. ``send`` records the outcome (the ledger); errors
+are counted here and never reach the client.
 """
 
 from __future__ import annotations
@@ -19,11 +15,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from gateway.relay import ShadowRelay
-    from gateway.supervisor import Transport
 
 
 @dataclass
@@ -41,12 +32,9 @@ Send = Callable[[str, float], Awaitable[bytes]]  # (version, timeout) -> seriali
 
 
 class ShadowFanout:
-    def __init__(self, limit: int, deadline_s: float, relay: ShadowRelay | None = None) -> None:
+    def __init__(self, limit: int, deadline_s: float) -> None:
         self.limit = limit
         self.deadline_s = deadline_s
-        self.relay = relay
-        # How copies travel to their runner: the relay process, or (None) this one's channel.
-        self.via: Transport | None = relay.call if relay is not None else None
         self.lanes: dict[tuple[str, str], LaneStats] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -82,8 +70,3 @@ class ShadowFanout:
         """Let copies in flight finish (on shutdown), up to ``timeout``."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
-
-    async def close(self) -> None:
-        """Stop the relay (after ``drain``)."""
-        if self.relay is not None:
-            await self.relay.stop()

@@ -19,7 +19,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +28,6 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.relay import RelayedError
 from gateway.repository import ModelEntry, VersionEntry
 from gateway.settings import GatewaySettings
 from gateway.wire import with_string
@@ -48,9 +47,8 @@ from runners.config import ModelConfig, TensorDecl
 if TYPE_CHECKING:
     from gateway.replicas import Backend
 
-# Carries one call to a runner's address instead of the runner's own channel:
-# (address, serialized request, timeout) -> serialized reply (gateway.relay).
-Transport = Callable[[str, bytes, float], Awaitable[bytes]]
+# Called once a request is on its way to its runner (shadow copies start there).
+Dispatched = Callable[[], None]
 
 log = structlog.get_logger(__name__)
 
@@ -97,9 +95,8 @@ def _specs(tensors: list[TensorDecl] | None, fallback: list[TensorSpec]) -> list
     return [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors]
 
 
-def _translate(
-    code: grpc.StatusCode, details: str | None, where: str, timeout: float
-) -> GreenroomError:
+def _translate(exc: grpc.aio.AioRpcError, where: str, timeout: float) -> GreenroomError:
+    code, details = exc.code(), exc.details()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return Unavailable(f"{where}: runner is unavailable ({details})")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -135,7 +132,6 @@ class Runner:
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._call: grpc.aio.UnaryUnaryMultiCallable | None = None
-        self.address: str | None = None  # the runner's gRPC address, once it listens
         self._proc: asyncio.subprocess.Process | None = None
         self._in_flight = 0
         self._drainer: asyncio.Task[None] | None = None
@@ -183,11 +179,15 @@ class Runner:
 
     # ---- calls ------------------------------------------------------------------------
 
-    async def infer(self, request: bytes, timeout: float, via: Transport | None = None) -> bytes:
-        """Forward a serialized ModelInferRequest; returns the serialized response. ``via``
-        carries the call instead of this gateway's own channel (the shadow relay)."""
+    async def infer(
+        self, request: bytes, timeout: float, after_dispatch: Dispatched | None = None
+    ) -> bytes:
+        """Forward a serialized ModelInferRequest; returns the serialized response.
+
+        ``after_dispatch`` runs once the call is on its way (shadow copies start there, so
+        that they are scheduled behind the primary, never ahead of it)."""
         call = self._call
-        if self.state != RunnerState.READY or call is None or self.address is None:
+        if self.state != RunnerState.READY or call is None:
             raise Unavailable(f"{self.where} is not ready: {self.reason}")
         if self._in_flight >= MAX_IN_FLIGHT:
             raise ResourceExhausted(f"{self.where} has {self._in_flight} requests in flight")
@@ -195,14 +195,12 @@ class Runner:
         try:
             if self._remote_fields:
                 request += self._remote_fields
-            if via is None:
-                reply: bytes = await call(request, timeout=timeout)
-            else:
-                reply = await via(self.address, request, timeout)
+            pending = call(request, timeout=timeout)
+            if after_dispatch is not None:
+                after_dispatch()
+            reply: bytes = await pending
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc.code(), exc.details(), self.where, timeout) from None
-        except RelayedError as exc:
-            raise _translate(exc.status, exc.details, self.where, timeout) from None
+            raise _translate(exc, self.where, timeout) from None
         except asyncio.CancelledError:
             # Closing the channel of a runner that died cancels its calls; that is the
             # runner's failure, not this request's cancellation, unless it is ours.
@@ -380,13 +378,11 @@ class Runner:
     # ---- shared ---------------------------------------------------------------------------
 
     def _open_channel(self, address: str) -> None:
-        self.address = address
         self._channel = grpc.aio.insecure_channel(address, options=channel_options(self.settings))
         self._call = self._channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
 
     async def _close_channel(self) -> None:
         channel, self._channel, self._call = self._channel, None, None
-        self.address = None
         if channel is not None:
             await channel.close()
 

@@ -63,7 +63,7 @@ from gateway.recording import Recorder
 from gateway.replicas import Backend, ReplicaSet
 from gateway.repository import ModelEntry
 from gateway.router import Router
-from gateway.server import RolesCache, build_server, open_ledger, open_shadows, server_options
+from gateway.server import RolesCache, build_server, open_ledger, server_options
 from gateway.servicer import SERVICE, InferenceServicer
 from gateway.settings import GatewaySettings
 from gateway.shadow import ShadowFanout
@@ -468,7 +468,7 @@ class Worker:
         await asyncio.to_thread(ledger.start)  # migrated by the supervisor already
         runners = backends(plan, settings)
         router = Router(plan.models, runners)
-        shadows = await open_shadows(settings)
+        shadows = ShadowFanout(settings.shadow_limit, settings.shadow_deadline_s)
         peers = Peers(plan.peers, index)
         control = WorkerControlPlane(router, ledger, shadows, peers)
         # Reachable before the deployments are read: a change saved after the read is
@@ -510,7 +510,6 @@ class Worker:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.shadows.drain(timeout=self.settings.shadow_deadline_s)
-        await self.shadows.close()
         await asyncio.to_thread(self.ledger.stop)
         await asyncio.gather(*(r.stop() for r in self.runners.values()))
         await self.peers.stop()

@@ -11,7 +11,6 @@ import itertools
 import json
 import operator
 import sqlite3
-import time
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -35,8 +34,6 @@ from gateway.ledger.schema import answers, deployment_history, deployments, feed
 SQLITE_BUSY_TIMEOUT_S = 5.0
 # Request ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits.
 IN_CHUNK = 500
-# Answers per INSERT statement within one batch's transaction (see insert_answers).
-INSERT_CHUNK = 32
 
 # Packed float arrays: float64, little-endian, whatever the machine.
 FLOAT = np.dtype("<f8")
@@ -95,12 +92,8 @@ class Store:
     def insert_answers(self, batch: Sequence[dict[str, Any]]) -> None:
         """One executemany in one transaction: all answers or none. ``batch`` holds
         ``answer_params`` results (packed in the writer thread)."""
-        rows = list(batch)
         with self.engine.begin() as connection:
-            for start in range(0, len(rows), INSERT_CHUNK):
-                if start:
-                    time.sleep(0)  # let the event loop have the GIL between chunks
-                connection.execute(answers.insert(), rows[start : start + INSERT_CHUNK])
+            connection.execute(answers.insert(), list(batch))
 
     def count_rows(self, model: str | None = None) -> int:
         """Prediction rows (the sum of the answers' rows), of one model or all."""

@@ -218,9 +218,6 @@ class BatchWriter(Generic[P]):
         failed = 0
         error: str | None = None
         for item in batch:
-            # Hand the GIL over between items: an event loop waiting for it would otherwise
-            # wait up to the interpreter's switch interval (5 ms) while a batch converts.
-            time.sleep(0)
             try:
                 result = self._prepare(item)
             except Exception as e:
