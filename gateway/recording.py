@@ -63,6 +63,8 @@ class Pending:
     reply: bytes | None = None  # None: the call failed
     status: str = "OK"
     request_rows: int = 1  # for a failed call, the rows the request had
+    # For a reply that answered several requests merged (shadow copies): this one's rows.
+    row_slice: tuple[int, int] | None = None
 
 
 def _texts(array: npt.NDArray[Any]) -> tuple[str, ...]:
@@ -109,11 +111,18 @@ def to_answer(item: Pending) -> Answer:
     arrays = _decode_roles(response, roles)
     first = response.outputs[0].shape if response.outputs else ()
     rows = int(first[0]) if first else 1
+    request_id = response.id or item.request_id
+    if item.row_slice is not None:
+        start, stop = item.row_slice
+        if stop > rows:
+            raise ValueError(f"reply has {rows} rows; this request's are {start}..{stop}")
+        arrays = {name: array[start:stop] for name, array in arrays.items()}
+        rows, request_id = stop - start, item.request_id
     label = arrays.get(roles.label) if roles.label else None
     value = arrays.get(roles.value) if roles.value else None
     proba = arrays.get(roles.probabilities) if roles.probabilities else None
     return Answer(
-        request_id=response.id or item.request_id,
+        request_id=request_id,
         model=item.model,
         version=item.version,
         role=item.role,
@@ -147,6 +156,29 @@ class Recorder:
             model, version, role, "", latency_ms, self.roles(model, version), time.time(), reply
         )
         self.ledger.record(pending, weight=len(reply))
+
+    def answered_rows(
+        self,
+        reply: bytes,
+        model: str,
+        version: str,
+        role: Role,
+        latency_ms: float,
+        *,
+        request_id: str,
+        rows: tuple[int, int],
+        total_rows: int,
+    ) -> None:
+        """One request's rows of a reply that answered several merged requests (the
+        queue's byte bound counts this request's share of the reply)."""
+        if not self.enabled:
+            return
+        roles = self.roles(model, version)
+        pending = Pending(
+            model, version, role, request_id, latency_ms, roles, time.time(), reply,
+            row_slice=rows,
+        )  # fmt: skip
+        self.ledger.record(pending, weight=len(reply) * (rows[1] - rows[0]) // max(total_rows, 1))
 
     def failed(
         self,

@@ -113,7 +113,7 @@ class Gateway:
         await asyncio.to_thread(ledger.start)
         fleet = Fleet.for_models(models, settings)
         router = Router(models, fleet.runners)
-        shadows = ShadowFanout(settings.shadow_limit, settings.shadow_deadline_s)
+        shadows = ShadowFanout.from_settings(settings)
         control = ControlPlane(router, ledger, shadows.drops)
         await control.restore()
         recorder = Recorder(ledger, RolesCache(router), settings.record_predictions)

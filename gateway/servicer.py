@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -22,7 +22,7 @@ from gateway import ids, wire
 from gateway.recording import Recorder
 from gateway.router import Router, check_request, signature_of
 from gateway.settings import GatewaySettings
-from gateway.shadow import ShadowFanout
+from gateway.shadow import Copy, ShadowFanout, batched, merge_key, merged_request
 from gateway.supervisor import RunnerState
 from greenroom_client.errors import GreenroomError, InternalError, InvalidArgument, InvalidInput
 from greenroom_client.tensors import describe
@@ -114,9 +114,9 @@ class InferenceServicer:
         began = time.perf_counter()
 
         def fan_out() -> None:
-            self.shadows.fan_out(
-                model, plan.shadows, lambda v, t: self._shadow(request, request_id, v, raw, t)
-            )
+            key, rows = merge_key(request)
+            copy = Copy(request, request_id, raw, key, rows)
+            self.shadows.fan_out(model, plan.shadows, copy, self._shadow, self._mergeable(model))
 
         try:
             reply = await plan.runner.infer(raw, timeout, fan_out if plan.shadows else None)
@@ -135,34 +135,47 @@ class InferenceServicer:
         self.recorder.answered(reply, model, version, plan.role, latency)
         return reply
 
-    async def _shadow(
-        self,
-        request: pb.ModelInferRequest,
-        request_id: str,
-        version: str,
-        raw: bytes,
-        timeout: float,
-    ) -> bytes:
-        """One shadow copy, recorded whatever happens; its errors stay in the fan-out."""
-        model = request.model_name
+    def _mergeable(self, model: str) -> Callable[[str], bool]:
+        def mergeable(version: str) -> bool:
+            signature = self.router.resolve(model, version).signature
+            return signature is not None and batched([*signature.inputs, *signature.outputs])
+
+        return mergeable
+
+    async def _shadow(self, version: str, copies: Sequence[Copy], timeout: float) -> None:
+        """One shadow call carrying ``copies`` (merged when several), each copy recorded
+        whatever happens; errors stay in the fan-out."""
+        model = copies[0].request.model_name
+        raw = copies[0].raw if len(copies) == 1 else merged_request(copies, ids.request_id())
         began = time.perf_counter()
         try:
             reply = await self.router.resolve(model, version).infer(raw, timeout)
         except Exception as exc:
             latency = (time.perf_counter() - began) * 1e3
             code = exc.code if isinstance(exc, GreenroomError) else "INTERNAL"
-            self.recorder.failed(
-                request,
-                request_id=request_id,
-                version=version,
-                role="shadow",
-                latency_ms=latency,
-                status=code,
-            )
+            for copy in copies:
+                self.recorder.failed(
+                    copy.request,
+                    request_id=copy.request_id,
+                    version=version,
+                    role="shadow",
+                    latency_ms=latency,
+                    status=code,
+                )
             raise
         latency = (time.perf_counter() - began) * 1e3
-        self.recorder.answered(reply, model, version, "shadow", latency)
-        return reply
+        if len(copies) == 1:
+            self.recorder.answered(reply, model, version, "shadow", latency)
+            return
+        total, start = sum(copy.rows for copy in copies), 0
+        log.debug("shadow copies merged", version=version, copies=len(copies), rows=total)
+        for copy in copies:
+            rows = (start, start + copy.rows)
+            self.recorder.answered_rows(
+                reply, model, version, "shadow", latency,
+                request_id=copy.request_id, rows=rows, total_rows=total,
+            )  # fmt: skip
+            start += copy.rows
 
     # ---- RPCs -------------------------------------------------------------------------
 

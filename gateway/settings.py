@@ -50,6 +50,10 @@ class GatewaySettings(BaseSettings):
     # counted), each under its own deadline.
     shadow_limit: int = Field(default=64, gt=0)
     shadow_deadline_s: float = Field(default=5.0, gt=0)
+    # Shadow copies that can be merged wait up to this long for others to the same version
+    # and go as one request of at most shadow_batch_rows rows (gateway.shadow); 0: never.
+    shadow_batch_window_ms: float = Field(default=5.0, ge=0)
+    shadow_batch_rows: int = Field(default=256, gt=0)
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

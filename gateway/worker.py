@@ -468,7 +468,7 @@ class Worker:
         await asyncio.to_thread(ledger.start)  # migrated by the supervisor already
         runners = backends(plan, settings)
         router = Router(plan.models, runners)
-        shadows = ShadowFanout(settings.shadow_limit, settings.shadow_deadline_s)
+        shadows = ShadowFanout.from_settings(settings)
         peers = Peers(plan.peers, index)
         control = WorkerControlPlane(router, ledger, shadows, peers)
         # Reachable before the deployments are read: a change saved after the read is

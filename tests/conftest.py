@@ -26,13 +26,21 @@ class GatewayProcess:
     """``greenroom serve`` on port 0, started and stopped as a user would."""
 
     def __init__(
-        self, repo: Path, data_dir: Path, *extra: str, env: dict[str, str] | None = None
+        self,
+        repo: Path,
+        data_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
     ) -> None:
         command = [*GREENROOM, "serve", "--repo", str(repo), "--port", "0"]
+        self.repo = repo
         self.data_dir = data_dir
+        self.log_path = log_path  # the gateway's log (stderr), when the test reads it
         self.proc = subprocess.Popen(
             [*command, "--data-dir", str(data_dir), *extra],
             stdout=subprocess.PIPE,
+            stderr=None if log_path is None else log_path.open("w"),
             text=True,
             env={**os.environ, **(env or {})},
         )
