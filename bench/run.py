@@ -319,6 +319,16 @@ def measure_all(ctx: Context, servers: dict[str, procs.Server]) -> None:
         names = ", ".join(scenario.servers)
         say(f"measuring {scenario.payload} c={scenario.concurrency} ({names}) ...")
         measure(ctx, scenario.servers, scenario.payload, scenario.concurrency)
+        _rss_after(ctx, scenario)
+
+
+def _rss_after(ctx: Context, scenario: Scenario) -> None:
+    """Each target's own RSS after the scenario: memory as the load grows."""
+    where = f"{scenario.payload} c={scenario.concurrency}"
+    for target, server in scenario.servers.items():
+        measured = procs.rss_bytes(server.pid)
+        if measured is not None:
+            ctx.results.rss_after.setdefault(target, {})[where] = round(measured[0] / report.MB, 1)
 
 
 def _describe(response: pb.ModelInferResponse) -> str:
