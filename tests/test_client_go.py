@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 from greenroom_client.control import ControlClient
+from tests import client_programs
+from tests.client_programs import iris_classifier, serve_iris
 from tests.conftest import GatewayProcess
 from tests.models import iris
 
@@ -47,22 +48,14 @@ def go_bin() -> Path:
 
 @pytest.fixture(scope="module")
 def model() -> LogisticRegression:
-    x, y = iris()
-    return LogisticRegression(max_iter=500).fit(x, y)
+    return iris_classifier()
 
 
 @pytest.fixture(scope="module")
 def iris_gateway(
     model: LogisticRegression, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    repo = tmp_path_factory.mktemp("go-models")
-    (repo / "iris" / "1").mkdir(parents=True)
-    joblib.dump(model, repo / "iris" / "1" / "model.joblib")
-    process = GatewayProcess(repo, tmp_path_factory.mktemp("go-data"))
-    try:
-        yield process
-    finally:
-        process.stop()
+    yield from serve_iris(model, tmp_path_factory, "go")
 
 
 def run(program: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -77,29 +70,11 @@ def rows() -> np.ndarray:
 
 
 def write_request(path: Path, request_id: str) -> None:
-    x = rows()
-    request = {
-        "id": request_id,
-        # Nested data, as V2 REST allows; float32 values written exactly.
-        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                    "data": [[float(v) for v in row] for row in x]}],
-    }  # fmt: skip
-    path.write_text(json.dumps(request))
+    client_programs.write_request(path, request_id, rows())
 
 
 def check_answer(answer: dict[str, Any], model: LogisticRegression, request_id: str) -> None:
-    x = rows()
-    assert answer["model_name"] == "iris"
-    assert answer["model_version"] == "1"
-    assert answer["id"] == request_id
-    outputs = {o["name"]: o for o in answer["outputs"]}
-    assert set(outputs) == {"label", "probabilities"}
-    label, proba = outputs["label"], outputs["probabilities"]
-    assert (label["datatype"], label["shape"]) == ("INT64", [3])
-    assert label["data"] == model.predict(x).tolist()
-    assert (proba["datatype"], proba["shape"]) == ("FP64", [3, 3])
-    # FP64 exact: flat, row-major, and printed in a form that reads back bit for bit.
-    assert proba["data"] == model.predict_proba(x).astype(np.float64).ravel().tolist()
+    client_programs.check_answer(answer, model, request_id, rows())
 
 
 @pytest.mark.parametrize("contents", ["raw", "typed"])
