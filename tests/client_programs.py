@@ -37,7 +37,14 @@ def serve_iris(
         process.stop()
 
 
-def write_request(path: Path, request_id: str, x: np.ndarray) -> None:
+def rows() -> np.ndarray:
+    """The request's rows: one of each class, and a row-major check over several rows."""
+    x, _ = iris()
+    return x[[0, 60, 120, 149]]
+
+
+def write_request(path: Path, request_id: str) -> None:
+    x = rows()
     request = {
         "id": request_id,
         # Nested data, as V2 REST allows; float32 values written exactly.
@@ -47,9 +54,8 @@ def write_request(path: Path, request_id: str, x: np.ndarray) -> None:
     path.write_text(json.dumps(request))
 
 
-def check_answer(
-    answer: dict[str, Any], model: LogisticRegression, request_id: str, x: np.ndarray
-) -> None:
+def check_answer(answer: dict[str, Any], model: LogisticRegression, request_id: str) -> None:
+    x = rows()
     assert answer["model_name"] == "iris"
     assert answer["model_version"] == "1"
     assert answer["id"] == request_id

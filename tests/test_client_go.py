@@ -17,17 +17,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 from greenroom_client.control import ControlClient
-from tests import client_programs
-from tests.client_programs import iris_classifier, serve_iris
+from tests.client_programs import check_answer, iris_classifier, rows, serve_iris, write_request
 from tests.conftest import GatewayProcess
-from tests.models import iris
 
 ROOT = Path(__file__).resolve().parent.parent
 GO_CLIENT = ROOT / "clients" / "go"
@@ -62,19 +58,6 @@ def run(program: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(program), *args], capture_output=True, text=True, timeout=60, check=False
     )
-
-
-def rows() -> np.ndarray:
-    x, _ = iris()
-    return x[[0, 60, 120]]  # one of each class
-
-
-def write_request(path: Path, request_id: str) -> None:
-    client_programs.write_request(path, request_id, rows())
-
-
-def check_answer(answer: dict[str, Any], model: LogisticRegression, request_id: str) -> None:
-    client_programs.check_answer(answer, model, request_id, rows())
 
 
 @pytest.mark.parametrize("contents", ["raw", "typed"])
