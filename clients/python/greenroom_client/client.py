@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -233,7 +233,27 @@ def _options(extra: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
 # ------------------------------------------------------------------------ the clients
 
 
-class Client:
+class SyncChannel:
+    """Owns a synchronous channel: ``close`` it, or use the client as a context manager."""
+
+    _channel: grpc.Channel
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Client(SyncChannel):
     """Synchronous client. ``timeout`` (seconds) is the deadline of every call; None waits
     as long as the server takes. Pass ``credentials`` (``grpc.ssl_channel_credentials()``)
     for TLS, ``options`` for extra channel arguments."""
@@ -301,20 +321,6 @@ class Client:
     def repository_index(self, ready: bool = False) -> list[ModelIndexEntry]:
         """Every model version the server knows (``ready=True``: only the ready ones)."""
         return self._run(_repository_index_call(ready))
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class AsyncClient:

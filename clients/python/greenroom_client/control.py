@@ -12,11 +12,11 @@ Answers are plain JSON-ready dicts, the same shapes the ``greenroom`` CLI prints
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
+from greenroom_client.client import DEFAULT_TARGET, SyncChannel
 from greenroom_client.errors import from_status
 from greenroom_proto.greenroom.v1 import control_pb2 as cpb
 from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
@@ -106,10 +106,10 @@ def _batches(items: Iterable[tuple[str, int, str]], model: str) -> Iterable[cpb.
         yield batch
 
 
-class ControlClient:
+class ControlClient(SyncChannel):
     """Synchronous client of the control services; ``timeout`` is every call's deadline."""
 
-    def __init__(self, target: str = "127.0.0.1:8001", timeout: float | None = 30.0) -> None:
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 30.0) -> None:
         self._channel = grpc.insecure_channel(target)
         self._deployments = cpb_grpc.DeploymentsStub(self._channel)
         self._feedback = cpb_grpc.FeedbackStub(self._channel)
@@ -201,17 +201,3 @@ class ControlClient:
         if sequential is not None:
             request.sequential = sequential
         return decision_dict(self._call(self._evaluation.Decide, request))
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
