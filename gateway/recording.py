@@ -148,16 +148,6 @@ class Recorder:
         self.enabled = enabled
 
     def answered(
-        self, reply: bytes, model: str, version: str, role: Role, latency_ms: float
-    ) -> None:
-        if not self.enabled:
-            return
-        pending = Pending(
-            model, version, role, "", latency_ms, self.roles(model, version), time.time(), reply
-        )
-        self.ledger.record(pending, weight=len(reply))
-
-    def answered_rows(
         self,
         reply: bytes,
         model: str,
@@ -165,12 +155,13 @@ class Recorder:
         role: Role,
         latency_ms: float,
         *,
-        request_id: str,
-        rows: tuple[int, int],
-        total_rows: int,
+        request_id: str = "",
+        rows: tuple[int, int] | None = None,
+        total_rows: int = 1,
     ) -> None:
-        """One request's rows of a reply that answered several merged requests (the
-        queue's byte bound counts this request's share of the reply)."""
+        """Queue one answer. ``rows``: this request's rows of a reply that answered
+        several merged requests (``request_id``'s; the queue's byte bound counts this
+        request's share of the reply)."""
         if not self.enabled:
             return
         roles = self.roles(model, version)
@@ -178,7 +169,8 @@ class Recorder:
             model, version, role, request_id, latency_ms, roles, time.time(), reply,
             row_slice=rows,
         )  # fmt: skip
-        self.ledger.record(pending, weight=len(reply) * (rows[1] - rows[0]) // max(total_rows, 1))
+        share = len(reply) if rows is None else len(reply) * (rows[1] - rows[0]) // total_rows
+        self.ledger.record(pending, weight=share)
 
     def failed(
         self,

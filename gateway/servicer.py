@@ -171,7 +171,7 @@ class InferenceServicer:
         log.debug("shadow copies merged", version=version, copies=len(copies), rows=total)
         for copy in copies:
             rows = (start, start + copy.rows)
-            self.recorder.answered_rows(
+            self.recorder.answered(
                 reply, model, version, "shadow", latency,
                 request_id=copy.request_id, rows=rows, total_rows=total,
             )  # fmt: skip
