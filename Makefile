@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TRITON_VENV := .venv-tritonclient
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint proto proto-check bench bench-peers clean tritonclient postgres clients
+.PHONY: install run test lint proto proto-check bench bench-peers clean tritonclient postgres chromium clients
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ $(TRITON_VENV)/.installed: tests/tritonclient-requirements.txt
 postgres:
 	bash .ci/postgres.sh
 
+# Debian's Chromium, headless, for the HTML report tests: they screenshot the page and
+# check its pixels. Does nothing when /usr/bin/chromium is there.
+chromium:
+	bash .ci/chromium.sh
+
 # Clients in other languages, generated from proto/ and built (the tests build them too).
 clients: install
 	$(MAKE) -C clients/go build PYTHON=$(abspath $(PY))
@@ -39,7 +44,7 @@ clients: install
 run: install
 	$(VENV)/bin/greenroom demo
 
-test: install tritonclient postgres
+test: install tritonclient postgres chromium
 	GREENROOM_TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) -m pytest -q
 
 lint: install

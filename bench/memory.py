@@ -94,7 +94,8 @@ def measure(python: str, work: Path, log_dir: Path) -> dict[str, Any]:
     artifacts = build_repository(work / "models-memory")
     argv = [
         str(Path(python).parent / "greenroom"), "serve", "--repo", str(work / "models-memory"),
-        "--host", "127.0.0.1", "--port", "0", "--data-dir", str(work / "data-memory"),
+        "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+        "--data-dir", str(work / "data-memory"),
     ]  # fmt: skip
     server = procs.start("gateway-4-models", argv, log_dir, timeout_s=120)
     try:

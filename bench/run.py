@@ -386,7 +386,7 @@ def record_rss(ctx: Context, servers: dict[str, procs.Server]) -> None:
 def _gateway_argv(repo: Path, data_dir: Path, *extra: str) -> list[str]:
     return [
         str(Path(PYTHON).parent / "greenroom"), "serve",
-        "--repo", str(repo), "--host", "127.0.0.1", "--port", "0",
+        "--repo", str(repo), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
         "--data-dir", str(data_dir), *extra,
     ]  # fmt: skip
 

@@ -1,11 +1,14 @@
 """The ``greenroom`` command: serve a repository, run the demo, and call a running gateway.
 
     greenroom serve --repo DIR [--host H] [--port P] [--data-dir DIR] [--workers N]
+                    [--metrics-port P] [--tracing off|console|otlp] [--tracing-file F]
     greenroom demo [--repo DIR] [--port P]
     greenroom models [--target HOST:PORT] [--json]
     greenroom infer MODEL --input NAME=JSON [--version V] [--id ID] [--target HOST:PORT] [--json]
     greenroom deploy | deployment | history | promote | feedback | report | decide ...
         (see gateway/cli_control.py)
+    greenroom register | versions | drift | validate | retrain | backtest ...
+        (see gateway/cli_governance.py)
 
 Client commands print a readable summary, or with ``--json`` one JSON document (for
 ``infer``, the V2 REST response shape). Errors print ``error: CODE: message`` on stderr
@@ -24,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway import cli_control, logs
+from gateway import cli_control, cli_governance, logs
 from gateway.settings import GatewaySettings
 from greenroom_client import Client
 from greenroom_client.errors import GreenroomError, InvalidArgument
@@ -51,6 +54,18 @@ def _serve_args(parser: argparse.ArgumentParser, repo: Path | None) -> None:
         "--no-record", dest="record_predictions", action="store_false", default=None,
         help="do not record answers in the ledger",
     )  # fmt: skip
+    parser.add_argument(
+        "--metrics-port", type=int, default=None,
+        help="Prometheus /metrics port (default 8002; 0: any free port; -1: off)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tracing", choices=["off", "console", "otlp"], default=None,
+        help="OpenTelemetry traces (default off; otlp reads the OTEL_* variables)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tracing-file", type=Path, default=None,
+        help="where --tracing console appends spans as JSON lines (default stderr)",
+    )  # fmt: skip
 
 
 def _settings(args: argparse.Namespace) -> GatewaySettings:
@@ -66,6 +81,9 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
             "database_url": args.database_url,
             "record_predictions": args.record_predictions,
             "workers": args.workers,
+            "metrics_port": args.metrics_port,
+            "tracing": args.tracing,
+            "tracing_file": args.tracing_file,
         }.items()
         if value is not None
     }
@@ -180,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--json", action="store_true")
     infer.set_defaults(func=cmd_infer)
     cli_control.register(sub)
+    cli_governance.register(sub)
     return parser
 
 

@@ -5,7 +5,7 @@
     greenroom history MODEL [--json]
     greenroom promote MODEL V --reason TEXT [--old-primary-shadow FRACTION]
     greenroom feedback MODEL --file labels.csv|labels.jsonl [--json]
-    greenroom report MODEL [--since 1h] [--json]
+    greenroom report MODEL [--since 1h] [--by hour|day] [--html out.html] [--json]
     greenroom decide MODEL --candidate V [--min-pairs N] [--alpha A] [--sequential] [--json]
 
 Every command takes ``--target HOST:PORT`` (default 127.0.0.1:8001).
@@ -20,10 +20,10 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from greenroom_client.control import ControlClient
-from greenroom_client.errors import InvalidArgument
+from greenroom_client.errors import GreenroomError, InvalidArgument
 
 DEFAULT_TARGET = "127.0.0.1:8001"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -152,18 +152,16 @@ def cmd_deployment(args: argparse.Namespace) -> int:
         return _print(control.deployment(args.model), args.json, _deployment_text)
 
 
+def _entry_text(e: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+    what = _deployment_text(e["deployment"]) if e["deployment"] else f"v{e['version'] or '-'}"
+    return f"{when} {e['kind']:<12} [{e['actor']}] {what}  ({e['reason'] or 'no reason given'})"
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     with ControlClient(args.target) as control:
         entries = control.history(args.model)
-
-    def text(rows: list[dict[str, Any]]) -> str:
-        return "\n".join(
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['at']))} [{e['actor']}] "
-            f"{_deployment_text(e['deployment'])}  ({e['reason'] or 'no reason given'})"
-            for e in rows
-        )
-
-    return _print(entries, args.json, text)
+    return _print(entries, args.json, lambda rows: "\n".join(_entry_text(e) for e in rows))
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -180,8 +178,55 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from gateway import cli_governance  # noqa: PLC0415 (it imports this module)
+
     with ControlClient(args.target) as control:
+        if args.html is not None:
+            return write_html(control, args.model, args.by or "day", args.since, args.html)
+        if args.by:
+            body = control.report_over_time(args.model, args.by, args.since)
+            return _print(body, args.json, cli_governance.over_time_text)
         return _print(control.report(args.model, args.since), args.json, _report_text)
+
+
+def write_html(
+    control: ControlClient, model: str, by: Literal["hour", "day"], since: float, out: Path
+) -> int:
+    """The picture: accuracy per version over time and, when there is a reference, drift."""
+    from gateway import report_html  # noqa: PLC0415 (only for --html)
+    from gateway.drift import FeatureDrift  # noqa: PLC0415
+
+    over = control.report_over_time(model, by, since)
+    features: list[FeatureDrift] = []
+    drift_version: str | None = None
+    # The primary's drift, or else that of the first deployed version with a reference.
+    order = ("primary", "canary", "shadow")
+    ranked = sorted(
+        over["roles"], key=lambda v: order.index(r) if (r := over["roles"][v]) in order else 3
+    )
+    for version in ranked:
+        try:
+            drift = control.drift(model, version)
+        except GreenroomError:  # no reference or no sampled inputs: the page says so
+            continue
+        features = [
+            FeatureDrift(**{**f, "band": f["band"] or None, "note": f["note"] or None})
+            for f in drift["features"]
+        ]
+        drift_version = drift["version"]
+        break
+    points = [
+        report_html.Point(p["start"], p["version"], p["labelled"], p["value"])
+        for p in over["points"]
+    ]
+    picture = report_html.Picture(
+        model=model, task=over["task"], bucket=by, bucket_s=over["bucket_seconds"],
+        roles=over["roles"], points=points, drift=features, drift_version=drift_version,
+        generated_at=time.time(),
+    )  # fmt: skip
+    out.write_text(report_html.render(picture))
+    print(f"wrote {out}")
+    return 0
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
@@ -211,7 +256,7 @@ def register(sub: Any) -> None:
     deploy.add_argument("--shadow", type=version_share, action="append", metavar="V:FRACTION")
     deploy.add_argument("--reason", default="")
     _command(sub, "deployment", "show a model's deployment", cmd_deployment)
-    _command(sub, "history", "every deployment change of a model", cmd_history)
+    _command(sub, "history", "the model's journal: every change, with reasons", cmd_history)
     promote = _command(sub, "promote", "make a version the primary", cmd_promote)
     promote.add_argument("version")
     promote.add_argument("--reason", required=True)
@@ -220,6 +265,8 @@ def register(sub: Any) -> None:
     feedback.add_argument("--file", type=Path, required=True)
     report = _command(sub, "report", "accuracy and latency per version", cmd_report)
     report.add_argument("--since", type=duration, default=0.0, metavar="DURATION")
+    report.add_argument("--by", choices=["hour", "day"], default=None, help="accuracy over time")
+    report.add_argument("--html", type=Path, default=None, metavar="OUT.html", help="the picture")
     decide = _command(sub, "decide", "the promotion test for a candidate", cmd_decide)
     decide.add_argument("--candidate", required=True)
     decide.add_argument("--min-pairs", type=int, default=None)

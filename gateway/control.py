@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,8 @@ import structlog
 from gateway.decision import Decision, ErrorPair, Guardrails, Pair, Policy, decide
 from gateway.deployments import Deployment
 from gateway.evaluation import Scored, Task, VersionMetrics, evaluate
-from gateway.ledger import FeedbackResult, HistoryEntry, LabelledRow, Ledger, LedgerStats, PairedRow
+from gateway.ledger import FeedbackResult, LabelledRow, Ledger, LedgerStats, PairedRow
+from gateway.ledger.records import JournalEntry
 from gateway.router import Router
 from greenroom_client.errors import InvalidArgument
 
@@ -79,7 +81,10 @@ class ControlPlane:
         self.router = router
         self.ledger = ledger
         self._shadow_drops = shadow_drops
-        self._lock = asyncio.Lock()  # one deployment change at a time
+        self.changes = asyncio.Lock()  # one deployment change (or registration) at a time
+        # Raises when a version may not start watching traffic (gateway.governance sets it:
+        # a model with validation checks needs a passing validation first).
+        self.gate: Callable[[str, list[str]], Awaitable[None]] | None = None
 
     # ---- deployments -------------------------------------------------------------------
 
@@ -97,12 +102,21 @@ class ControlPlane:
                 continue
             self.router.set_deployment(deployment)
 
-    async def set_deployment(self, deployment: Deployment, reason: str, actor: str) -> Deployment:
+    async def set_deployment(
+        self, deployment: Deployment, reason: str, actor: str, kind: str = "deployment"
+    ) -> Deployment:
         deployment.validate(self.router.versions(deployment.model))
-        async with self._lock:
+        async with self.changes:
+            current = self.router.deployment(deployment.model)
+            before = {current.primary, *(s.version for s in current.shadows)}
+            after = [deployment.primary, *(s.version for s in deployment.shadows)]
+            new = [v for v in after if v not in before]
+            if new and self.gate is not None:
+                await self.gate(deployment.model, new)
             await asyncio.to_thread(
-                self.ledger.save_deployment, deployment.model, deployment.as_dict(), reason, actor
-            )
+                self.ledger.save_deployment, deployment.model, deployment.as_dict(), reason,
+                actor, kind=kind, version=new[0] if new else deployment.primary,
+            )  # fmt: skip
             self.router.set_deployment(deployment)
         log.info("deployment changed", model=deployment.model, reason=reason, actor=actor)
         return deployment
@@ -112,12 +126,13 @@ class ControlPlane:
     ) -> Deployment:
         current = self.router.deployment(model)
         return await self.set_deployment(
-            current.promoted(version, old_primary_fraction), reason, actor
+            current.promoted(version, old_primary_fraction), reason, actor, kind="promotion"
         )
 
-    async def history(self, model: str) -> list[HistoryEntry]:
+    async def history(self, model: str) -> list[JournalEntry]:
+        """The model's journal: registrations, deployments, validations, retraining..."""
         self.router.model(model)
-        return await asyncio.to_thread(self.ledger.history, model)
+        return await asyncio.to_thread(self.ledger.journal, model)
 
     # ---- feedback ----------------------------------------------------------------------
 

@@ -3,23 +3,30 @@ convert back. Errors leave through the same ``edge`` translation as inference.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from gateway.control import ControlPlane, Report
 from gateway.decision import Decision, Policy
 from gateway.deployments import Canary, Deployment, Shadow
+from gateway.ledger.records import JournalEntry
 from gateway.servicer import edge
 from greenroom_client.errors import InvalidArgument
 from greenroom_proto.greenroom.v1 import control_pb2 as cpb
 from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
 
+if TYPE_CHECKING:
+    from gateway.governance import Governor
+
 CONTROL_SERVICES = tuple(
     cpb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("Deployments", "Feedback", "Evaluation")
+    for name in ("Deployments", "Feedback", "Evaluation", "Governance")
 )
+# Journal entries that carry a deployment (its spec) in their details.
+DEPLOYMENT_KINDS = ("deployment", "promotion")
 
 
 def deployment_to_pb(d: Deployment) -> cpb.Deployment:
@@ -113,18 +120,7 @@ class DeploymentsServicer(cpb_grpc.DeploymentsServicer):
     @edge
     async def GetHistory(self, request: cpb.GetHistoryRequest, _: Any) -> cpb.History:
         entries = await self.control.history(request.model)
-        return cpb.History(
-            model=request.model,
-            entries=[
-                cpb.HistoryEntry(
-                    at=e.at,
-                    deployment=deployment_to_pb(Deployment.from_dict(e.spec)),
-                    reason=e.reason,
-                    actor=e.actor,
-                )
-                for e in entries
-            ],
-        )
+        return cpb.History(model=request.model, entries=[_entry_to_pb(e) for e in entries])
 
     @edge
     async def Promote(self, request: cpb.PromoteRequest, _: Any) -> cpb.Deployment:
@@ -141,6 +137,16 @@ class DeploymentsServicer(cpb_grpc.DeploymentsServicer):
             request.model, request.version, request.reason, fraction, "api"
         )
         return deployment_to_pb(changed)
+
+
+def _entry_to_pb(e: JournalEntry) -> cpb.HistoryEntry:
+    message = cpb.HistoryEntry(
+        at=e.at, reason=e.reason, actor=e.actor, kind=e.kind, version=e.version or "",
+        details_json=json.dumps(e.details, sort_keys=True),
+    )  # fmt: skip
+    if e.kind in DEPLOYMENT_KINDS:
+        message.deployment.CopyFrom(deployment_to_pb(Deployment.from_dict(e.details)))
+    return message
 
 
 def _items(batch: cpb.FeedbackBatch) -> list[tuple[str, int, str]]:
@@ -204,7 +210,12 @@ class EvaluationServicer(cpb_grpc.EvaluationServicer):
         return decision_to_pb(request.model, primary, request.candidate, decision)
 
 
-def add_control_servicers(server: grpc.aio.Server, control: ControlPlane) -> None:
+def add_control_servicers(
+    server: grpc.aio.Server, control: ControlPlane, governor: Governor
+) -> None:
+    from gateway.governance_servicer import GovernanceServicer  # noqa: PLC0415 (it imports edge)
+
+    cpb_grpc.add_GovernanceServicer_to_server(GovernanceServicer(governor), server)
     cpb_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(control), server)
     cpb_grpc.add_FeedbackServicer_to_server(FeedbackServicer(control), server)
     cpb_grpc.add_EvaluationServicer_to_server(EvaluationServicer(control), server)

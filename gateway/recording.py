@@ -15,14 +15,18 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from gateway.ledger import Answer, Ledger, Role
+from gateway.ledger.records import InputSample
 from greenroom_client.tensors import TensorSpec, decode
 from greenroom_proto.inference import grpc_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,58 @@ class Pending:
     request_rows: int = 1  # for a failed call, the rows the request had
     # For a reply that answered several requests merged (shadow copies): this one's rows.
     row_slice: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingInputs:
+    """A request sampled for the ledger's inputs (drift, retraining, backtests)."""
+
+    request: pb.ModelInferRequest
+    request_id: str
+    features: tuple[str, ...] | None  # model.yaml ``features``: the columns' names
+    created_at: float
+
+
+def input_rows(
+    request: pb.ModelInferRequest, features: Sequence[str] | None
+) -> tuple[tuple[str, ...], list[list[Any]]]:
+    """A request's inputs as rows of plain values, columns side by side in tensor order.
+
+    Named by ``features`` when it names every column; otherwise ``input`` for a
+    one-column tensor and ``input[i]`` for the columns of a wider one.
+    """
+    arrays = decode(request.inputs, request.raw_input_contents)
+    names: list[str] = []
+    blocks: list[npt.NDArray[Any]] = []
+    rows = None
+    for tensor in request.inputs:
+        array = arrays[tensor.name]
+        rows = rows if rows is not None else (array.shape[0] if array.ndim else 1)
+        block = array.reshape(rows, -1)
+        if block.dtype.kind in "SO":
+            block = np.vectorize(_text, otypes=[object])(block)
+        wide = block.shape[1] > 1
+        names.extend(f"{tensor.name}[{i}]" if wide else tensor.name for i in range(block.shape[1]))
+        blocks.append(block.astype(object))
+    if features is not None and len(features) == len(names):
+        names = list(features)
+    table = np.hstack(blocks) if blocks else np.empty((0, 0), dtype=object)
+    return tuple(names), table.tolist()
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def to_input_sample(item: PendingInputs) -> InputSample:
+    """Writer thread: a sampled request's rows."""
+    columns, rows = input_rows(item.request, item.features)
+    return InputSample(item.request.model_name, item.request_id, columns, rows, item.created_at)
+
+
+def convert(item: Pending | PendingInputs) -> Answer | InputSample:
+    """What the ledger's writer thread calls for every queued item."""
+    return to_input_sample(item) if isinstance(item, PendingInputs) else to_answer(item)
 
 
 def _texts(array: npt.NDArray[Any]) -> tuple[str, ...]:
@@ -141,11 +197,16 @@ class Recorder:
     """Queues answers for the ledger; the conversion happens in the ledger's thread."""
 
     def __init__(
-        self, ledger: Ledger, roles: Callable[[str, str], OutputRoles], enabled: bool = True
+        self,
+        ledger: Ledger,
+        roles: Callable[[str, str], OutputRoles],
+        enabled: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ledger = ledger
         self.roles = roles
         self.enabled = enabled
+        self.metrics = metrics  # every answer is counted there, recorded or not
 
     def answered(
         self,
@@ -162,6 +223,8 @@ class Recorder:
         """Queue one answer. ``rows``: this request's rows of a reply that answered
         several merged requests (``request_id``'s; the queue's byte bound counts this
         request's share of the reply)."""
+        if self.metrics is not None:
+            self.metrics.answered(model, version, role, "OK", latency_ms)
         if not self.enabled:
             return
         roles = self.roles(model, version)
@@ -171,6 +234,19 @@ class Recorder:
         )  # fmt: skip
         share = len(reply) if rows is None else len(reply) * (rows[1] - rows[0]) // total_rows
         self.ledger.record(pending, weight=share)
+
+    def inputs(
+        self,
+        request: pb.ModelInferRequest,
+        request_id: str,
+        features: Sequence[str] | None,
+        size: int,
+    ) -> None:
+        """Queue a sampled request's inputs (``size``: its serialized bytes)."""
+        if not self.enabled:
+            return
+        names = None if features is None else tuple(features)
+        self.ledger.record(PendingInputs(request, request_id, names, time.time()), weight=size)
 
     def failed(
         self,
@@ -182,6 +258,8 @@ class Recorder:
         latency_ms: float,
         status: str,
     ) -> None:
+        if self.metrics is not None:
+            self.metrics.answered(request.model_name, version, role, status, latency_ms)
         if not self.enabled:
             return
         shape = request.inputs[0].shape if request.inputs else []

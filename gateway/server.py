@@ -2,7 +2,9 @@
 
 Startup: scan the repository, open the ledger (migrating it), restore stored deployments,
 start every runner, then report SERVING (health) and print
-``GREENROOM_GATEWAY_LISTENING host:port`` on stdout, which scripts and tests wait for.
+``GREENROOM_GATEWAY_LISTENING host:port`` on stdout, which scripts and tests wait for
+(preceded by ``GREENROOM_GATEWAY_METRICS host:port`` when /metrics is served: see
+gateway/metrics.py).
 SIGTERM/SIGINT: health turns NOT_SERVING, new calls are refused, in-flight calls finish
 (up to ``shutdown_grace_s``), shadow copies drain, the ledger writes everything it holds,
 then runners are stopped and their processes reaped.
@@ -13,27 +15,47 @@ from __future__ import annotations
 import asyncio
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway import registry
 from gateway.control import ControlPlane
 from gateway.control_servicer import CONTROL_SERVICES, add_control_servicers
+from gateway.governance import Governor
 from gateway.ledger import Ledger
+from gateway.metrics import Metrics, MetricsServer, open_metrics
+from gateway.metrics import announce as announce_metrics
+from gateway.monitor import Monitor
 from gateway.policy import AutoPromoter
-from gateway.recording import OutputRoles, Recorder, to_answer
+from gateway.recording import OutputRoles, Recorder, convert
 from gateway.repository import scan
+from gateway.retraining import Retrainer
+from gateway.retraining_host import start_retrainer
 from gateway.router import Router
 from gateway.servicer import SERVICE, InferenceServicer, generic_handler
 from gateway.settings import GatewaySettings
 from gateway.shadow import ShadowFanout
 from gateway.supervisor import Fleet
 
+if TYPE_CHECKING:
+    from gateway.tracing import GatewayTracing
+
 log = structlog.get_logger(__name__)
 
 LISTENING = "GREENROOM_GATEWAY_LISTENING"
+
+
+def open_tracing(settings: GatewaySettings, process: str) -> GatewayTracing | None:
+    """The gateway's tracing, or None when it is off (OpenTelemetry is imported only then)."""
+    if settings.tracing == "off":
+        return None
+    from gateway.tracing import GatewayTracing  # noqa: PLC0415 (an optional dependency)
+
+    return GatewayTracing(settings, process)
 
 
 def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
@@ -49,25 +71,28 @@ def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
 
 
 def open_ledger(settings: GatewaySettings) -> Ledger:
-    """Answers are queued raw and converted in the ledger's writer thread (``to_answer``)."""
+    """Answers are queued raw and converted in the writer thread (``recording.convert``)."""
     queue, interval = settings.ledger_queue_answers, settings.ledger_flush_interval_s
     if settings.database_url:
         return Ledger(
-            settings.database_url, convert=to_answer, queue_items=queue, flush_interval_s=interval
+            settings.database_url, convert=convert, queue_items=queue, flush_interval_s=interval
         )
     return Ledger.for_data_dir(
-        settings.data_dir, convert=to_answer, queue_items=queue, flush_interval_s=interval
+        settings.data_dir, convert=convert, queue_items=queue, flush_interval_s=interval
     )
 
 
 def build_server(
-    servicer: InferenceServicer, control: ControlPlane, options: list[tuple[str, int]]
+    servicer: InferenceServicer,
+    control: ControlPlane,
+    governor: Governor,
+    options: list[tuple[str, int]],
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The gRPC server with every service a client sees: V2 inference, the control API,
     health (NOT_SERVING until the caller says otherwise) and reflection."""
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((generic_handler(servicer),))
-    add_control_servicers(server, control)
+    add_control_servicers(server, control, governor)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -103,39 +128,71 @@ class Gateway:
     promoter: AutoPromoter
     health: health.aio.HealthServicer
     port: int
+    metrics: Metrics | None = None
+    metrics_server: MetricsServer | None = None
+    tracing: GatewayTracing | None = None
+    retrainer: Retrainer | None = None
+    monitor: Monitor | None = None
 
     @classmethod
     async def start(cls, settings: GatewaySettings) -> Gateway:
         # gateway/worker.py (Worker.start, for --workers N) assembles the same parts: keep
         # the two in step.
+        metrics, metrics_server = open_metrics(settings)  # first: a taken port stops here
+        tracing = open_tracing(settings, "gateway")
         models = scan(settings.repo)
         ledger = open_ledger(settings)
         await asyncio.to_thread(ledger.start)
+        await asyncio.to_thread(registry.reconcile, models, ledger)
         fleet = Fleet.for_models(models, settings)
         router = Router(models, fleet.runners)
         shadows = ShadowFanout.from_settings(settings)
+        shadows.tracing = tracing
         control = ControlPlane(router, ledger, shadows.drops)
         await control.restore()
-        recorder = Recorder(ledger, RolesCache(router), settings.record_predictions)
-        servicer = InferenceServicer(router, settings, shadows, recorder)
-        server, health_servicer = build_server(servicer, control, server_options(settings))
+        governor = Governor(control, fleet, settings)
+        if metrics is not None:
+            metrics.watch(ledger, shadows)
+        recorder = Recorder(ledger, RolesCache(router), settings.record_predictions, metrics)
+        servicer = InferenceServicer(
+            router, settings, shadows, recorder, metrics=metrics, tracing=tracing
+        )
+        server, health_servicer = build_server(
+            servicer, control, governor, server_options(settings)
+        )
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        governor.target = f"{settings.host}:{port}"
         await server.start()
         await fleet.start(settings.runner_start_timeout_s)
         promoter = AutoPromoter(control)
         promoter.start()
         for service in ("", SERVICE):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        retrainer = start_retrainer(governor)
+        monitor = Monitor(governor, metrics) if metrics is not None else None
+        if monitor is not None:
+            monitor.start()
         log.info("gateway serving", host=settings.host, port=port, models=sorted(models))
-        return cls(settings, server, fleet, ledger, shadows, promoter, health_servicer, port)
+        return cls(
+            settings, server, fleet, ledger, shadows, promoter, health_servicer, port,
+            metrics, metrics_server, tracing, retrainer, monitor,
+        )  # fmt: skip
 
     async def stop(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.retrainer is not None:
+            await self.retrainer.stop()
         await self.promoter.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.shadows.drain(timeout=self.settings.shadow_deadline_s)
         await asyncio.to_thread(self.ledger.stop)
         await self.fleet.stop()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.close)
+        if self.tracing is not None:
+            self.tracing.shutdown()
         log.info("gateway stopped", ledger=self.ledger.stats)
 
 
@@ -146,6 +203,8 @@ async def serve(settings: GatewaySettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gateway = await Gateway.start(settings)
+    if gateway.metrics_server is not None:
+        announce_metrics(gateway.metrics_server)  # before LISTENING: readers stop there
     print(f"{LISTENING} {settings.host}:{gateway.port}", flush=True)
     try:
         await stop.wait()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
@@ -27,6 +28,10 @@ from gateway.supervisor import RunnerState
 from greenroom_client.errors import GreenroomError, InternalError, InvalidArgument, InvalidInput
 from greenroom_client.tensors import describe
 from greenroom_proto.inference import grpc_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+    from gateway.tracing import GatewayTracing
 
 log = structlog.get_logger(__name__)
 
@@ -86,11 +91,16 @@ class InferenceServicer:
         settings: GatewaySettings,
         shadows: ShadowFanout,
         recorder: Recorder,
+        *,
+        metrics: Metrics | None = None,
+        tracing: GatewayTracing | None = None,
     ) -> None:
         self.router = router
         self.settings = settings
         self.shadows = shadows
         self.recorder = recorder
+        self.metrics = metrics
+        self.tracing = tracing
         self.version = importlib.metadata.version("greenroom")
 
     async def infer_bytes(self, raw: bytes, timeout: float) -> bytes:
@@ -111,6 +121,8 @@ class InferenceServicer:
             raw = wire.with_string(raw, 3, request_id)
 
         version = plan.runner.entry.version
+        if self.tracing is not None:
+            self.tracing.routed(model, version, plan.role, request_id)
         began = time.perf_counter()
 
         def fan_out() -> None:
@@ -133,6 +145,10 @@ class InferenceServicer:
             raise
         latency = (time.perf_counter() - began) * 1e3
         self.recorder.answered(reply, model, version, plan.role, latency)
+        config = self.router.models[model].config
+        rate = config.monitoring.input_sample_rate
+        if rate and (rate >= 1.0 or random.random() < rate):
+            self.recorder.inputs(request, request_id, config.features, len(raw))
         return reply
 
     def _mergeable(self, model: str) -> Callable[[str], bool]:
@@ -177,13 +193,34 @@ class InferenceServicer:
             )  # fmt: skip
             start += copy.rows
 
+    async def observed(self, raw: bytes, timeout: float, context: Any) -> bytes:
+        """``infer_bytes``, plus what the metrics and tracing need at the edge: a request
+        refused before it reached a model is counted here (the others were counted as
+        answered), and with tracing on the request runs under its span."""
+        metrics, tracing = self.metrics, self.tracing
+        if metrics is None and tracing is None:
+            return await self.infer_bytes(raw, timeout)
+        if metrics is not None:
+            metrics.begin()
+        try:
+            if tracing is None:
+                return await self.infer_bytes(raw, timeout)
+            with tracing.request(context.invocation_metadata()):
+                return await self.infer_bytes(raw, timeout)
+        except Exception as exc:
+            if metrics is not None:
+                name = wire.leading_string(raw, 1)
+                model = name if name is not None and name in self.router.models else ""
+                metrics.refused(model, exc.code if isinstance(exc, GreenroomError) else "INTERNAL")
+            raise
+
     # ---- RPCs -------------------------------------------------------------------------
 
     @edge
     async def ModelInfer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         remaining = context.time_remaining()
         timeout = self.settings.default_deadline_s if remaining is None else remaining
-        return await self.infer_bytes(raw, timeout)
+        return await self.observed(raw, timeout, context)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -191,7 +228,7 @@ class InferenceServicer:
         """Triton's form: each request gets one response, or an error message in its place."""
         async for raw in requests:
             try:
-                reply = await self.infer_bytes(raw, self.settings.default_deadline_s)
+                reply = await self.observed(raw, self.settings.default_deadline_s, context)
                 yield wire.length_delimited(2, reply)
             except Exception as exc:
                 _, message = _status(exc)

@@ -56,6 +56,14 @@ class GatewaySettings(BaseSettings):
     shadow_batch_rows: int = Field(default=256, gt=0)
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Prometheus metrics on http://host:metrics_port/metrics (gateway.metrics); 0: any
+    # free port, -1: not served (and not counted).
+    metrics_port: int = Field(default=8002, ge=-1, le=65535)
+    # OpenTelemetry traces of inference requests, gateway and runners (gateway.tracing):
+    # "console" writes spans as JSON lines to tracing_file (stderr without one), "otlp"
+    # exports them with the OTLP exporter configured by the standard OTEL_* variables.
+    tracing: Literal["off", "console", "otlp"] = "off"
+    tracing_file: Path | None = None
 
     @property
     def transport_limit(self) -> int:

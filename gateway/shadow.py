@@ -23,10 +23,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.settings import GatewaySettings
 from greenroom_client.tensors import TensorSpec
 from greenroom_proto.inference import grpc_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from gateway.tracing import GatewayTracing
 
 
 @dataclass
@@ -118,6 +122,7 @@ class ShadowFanout:
         self.lanes: dict[tuple[str, str], LaneStats] = {}
         self._windows: dict[tuple[str, str], _Window] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.tracing: GatewayTracing | None = None  # set when tracing is on
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> ShadowFanout:
@@ -184,7 +189,12 @@ class ShadowFanout:
 
     async def _run(self, version: str, lane: LaneStats, copies: list[Copy], send: Send) -> None:
         try:
-            await send(version, copies, self.deadline_s)
+            if self.tracing is None:
+                await send(version, copies, self.deadline_s)
+            else:
+                ids = [copy.request_id for copy in copies]
+                with self.tracing.shadow(copies[0].request.model_name, version, ids):
+                    await send(version, copies, self.deadline_s)
             lane.completed += len(copies)
         except Exception:  # recorded by ``send``; the client never sees a shadow's error
             lane.failed += len(copies)

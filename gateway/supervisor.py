@@ -143,6 +143,12 @@ class Runner:
             self._remote_fields = with_string(self._remote_fields, 2, ext.version or "")
         self._own_fields = with_string(with_string(b"", 1, entry.model), 2, entry.version)
         self._log = log.bind(model=entry.model, version=entry.version)
+        # With tracing on, each call carries the current trace context (traceparent).
+        self._trace_context: Callable[[], tuple[tuple[str, str], ...]] | None = None
+        if settings.tracing != "off":
+            from gateway.tracing import inject  # noqa: PLC0415 (only when tracing is on)
+
+            self._trace_context = inject
 
     @property
     def in_flight(self) -> int:
@@ -195,7 +201,10 @@ class Runner:
         try:
             if self._remote_fields:
                 request += self._remote_fields
-            pending = call(request, timeout=timeout)
+            if self._trace_context is None:
+                pending = call(request, timeout=timeout)
+            else:
+                pending = call(request, timeout=timeout, metadata=self._trace_context())
             if after_dispatch is not None:
                 after_dispatch()
             reply: bytes = await pending
@@ -255,7 +264,19 @@ class Runner:
             "--threads", str(self.config.runner.threads),
             "--parent-pid", str(os.getpid()),
             "--log-format", self.settings.log_format,
+            *self._tracing_args(),
         ]  # fmt: skip
+
+    def _tracing_args(self) -> list[str]:
+        """The project's own runner traces as the gateway does; other programs are not
+        told (their command line is theirs), though the calls carry the context anyway."""
+        ext = self.entry.external
+        if self.settings.tracing == "off" or (ext is not None and ext.command is not None):
+            return []
+        args = ["--tracing", self.settings.tracing]
+        if self.settings.tracing_file is not None:
+            args += ["--tracing-file", str(self.settings.tracing_file.resolve())]
+        return args
 
     async def _launch(self) -> None:
         why = self.reason.partition("; restarting")[0]
@@ -410,31 +431,33 @@ class Fleet:
     def __init__(self, runners: dict[tuple[str, str], Backend], socket_dir: Path) -> None:
         self.runners = runners
         self.socket_dir = socket_dir
+        self._sockets = itertools.count()
 
     @classmethod
     def for_models(cls, models: dict[str, ModelEntry], settings: GatewaySettings) -> Fleet:
+        # Unix socket paths must stay under ~100 bytes: a short private dir, numbered files.
+        fleet = cls({}, Path(tempfile.mkdtemp(prefix="greenroom-")))
+        for model in models.values():
+            for entry in model.versions.values():
+                fleet.runners[(model.name, entry.version)] = fleet.backend(model, entry, settings)
+        return fleet
+
+    def backend(self, model: ModelEntry, entry: VersionEntry, settings: GatewaySettings) -> Backend:
+        """What serves one version, by model.yaml: in process, one runner, or replicas."""
         from gateway.inprocess import InProcessRunner  # noqa: PLC0415 (it builds on this)
         from gateway.replicas import ReplicaSet  # noqa: PLC0415 (it builds on Runner)
 
-        # Unix socket paths must stay under ~100 bytes: a short private dir, numbered files.
-        socket_dir = Path(tempfile.mkdtemp(prefix="greenroom-"))
-        sockets = (socket_dir / f"r{n}.sock" for n in itertools.count())
-        runners: dict[tuple[str, str], Backend] = {}
-        for model in models.values():
-            instances = model.config.runner.instances
-            for entry in model.versions.values():
-                key = (model.name, entry.version)
-                if model.config.runner.in_process(entry.version):
-                    runners[key] = InProcessRunner(entry, model.config, settings)
-                    continue
-                if instances == 1 or (entry.external and entry.external.address):
-                    runners[key] = Runner(entry, model.config, settings, next(sockets))
-                    continue
-                replicas = [
-                    Runner(entry, model.config, settings, next(sockets)) for _ in range(instances)
-                ]
-                runners[key] = ReplicaSet(replicas)
-        return cls(runners, socket_dir)
+        instances = model.config.runner.instances
+        if model.config.runner.in_process(entry.version):
+            return InProcessRunner(entry, model.config, settings)
+        if instances == 1 or (entry.external and entry.external.address):
+            return Runner(entry, model.config, settings, self._socket())
+        return ReplicaSet(
+            [Runner(entry, model.config, settings, self._socket()) for _ in range(instances)]
+        )
+
+    def _socket(self) -> Path:
+        return self.socket_dir / f"r{next(self._sockets)}.sock"
 
     async def start(self, timeout: float) -> None:
         for runner in self.runners.values():

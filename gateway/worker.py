@@ -46,7 +46,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 import structlog
@@ -56,14 +56,16 @@ from gateway import logs
 from gateway.control import ControlPlane, Report
 from gateway.decision import Decision, Policy
 from gateway.deployments import Deployment
+from gateway.governance import Governor
 from gateway.inprocess import InProcessRunner
 from gateway.ledger import FeedbackResult, Ledger, LedgerStats
+from gateway.metrics import Metrics, refresh_every
 from gateway.policy import AutoPromoter
 from gateway.recording import Recorder
 from gateway.replicas import Backend, ReplicaSet
 from gateway.repository import ModelEntry
 from gateway.router import Router
-from gateway.server import RolesCache, build_server, open_ledger, server_options
+from gateway.server import RolesCache, build_server, open_ledger, open_tracing, server_options
 from gateway.servicer import SERVICE, InferenceServicer
 from gateway.settings import GatewaySettings
 from gateway.shadow import ShadowFanout
@@ -73,6 +75,9 @@ from gateway.supervisor import (
     RunnerState,
     StartupFailed,
 )
+
+if TYPE_CHECKING:
+    from gateway.tracing import GatewayTracing
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +116,8 @@ class Plan:
     attachments: dict[tuple[str, str], Attachment]
     peers: tuple[Path, ...]  # worker I's private socket is peers[I]
     supervisor: int  # pid
+    # Where the workers' metrics live (PROMETHEUS_MULTIPROC_DIR); None: metrics are off.
+    metrics_dir: Path | None = None
 
     def save(self, path: Path) -> None:
         path.write_bytes(pickle.dumps(self))
@@ -352,7 +359,7 @@ class WorkerControlPlane(ControlPlane):
     async def reload(self) -> None:
         """Apply the deployments stored in the database (one re-read at a time, so that an
         older read can never be applied after a newer one)."""
-        async with self._lock:
+        async with self.changes:
             await self.restore()
 
     async def sync_state(self, model: str) -> PeerState:
@@ -361,8 +368,10 @@ class WorkerControlPlane(ControlPlane):
         drops = self.shadows.drops(model) if model else {}
         return PeerState(flushed, self.ledger.stats, drops)
 
-    async def set_deployment(self, deployment: Deployment, reason: str, actor: str) -> Deployment:
-        changed = await super().set_deployment(deployment, reason, actor)
+    async def set_deployment(
+        self, deployment: Deployment, reason: str, actor: str, kind: str = "deployment"
+    ) -> Deployment:
+        changed = await super().set_deployment(deployment, reason, actor, kind)
         await self.peers.reload()
         return changed
 
@@ -408,8 +417,11 @@ class WorkerInferenceServicer(InferenceServicer):
         shadows: ShadowFanout,
         recorder: Recorder,
         worker: str,
+        *,
+        metrics: Metrics | None = None,
+        tracing: GatewayTracing | None = None,
     ) -> None:
-        super().__init__(router, settings, shadows, recorder)
+        super().__init__(router, settings, shadows, recorder, metrics=metrics, tracing=tracing)
         self._worker = ((WORKER_HEADER, worker),)
 
     async def ModelInfer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -458,6 +470,9 @@ class Worker:
     promoter: AutoPromoter | None
     follower: asyncio.Task[None]
     health: health.aio.HealthServicer
+    metrics: Metrics | None = None
+    refresher: asyncio.Task[None] | None = None
+    tracing: GatewayTracing | None = None
 
     @classmethod
     async def start(cls, plan: Plan, index: int) -> Worker:
@@ -469,6 +484,7 @@ class Worker:
         runners = backends(plan, settings)
         router = Router(plan.models, runners)
         shadows = ShadowFanout.from_settings(settings)
+        shadows.tracing = tracing = open_tracing(settings, f"worker {index}")
         peers = Peers(plan.peers, index)
         control = WorkerControlPlane(router, ledger, shadows, peers)
         # Reachable before the deployments are read: a change saved after the read is
@@ -481,11 +497,21 @@ class Worker:
         await asyncio.gather(
             *(r.wait_settled(settings.runner_start_timeout_s) for r in runners.values())
         )
-        recorder = Recorder(ledger, RolesCache(router), settings.record_predictions)
+        metrics, refresher = None, None
+        if plan.metrics_dir is not None:  # the supervisor serves the sum over the workers
+            metrics = Metrics(multiprocess=True)
+            metrics.watch(ledger, shadows)
+            refresher = asyncio.create_task(refresh_every(metrics))
+        recorder = Recorder(ledger, RolesCache(router), settings.record_predictions, metrics)
         servicer = WorkerInferenceServicer(
-            router, settings, shadows, recorder, f"{index}/{os.getpid()}"
+            router, settings, shadows, recorder, f"{index}/{os.getpid()}",
+            metrics=metrics, tracing=tracing,
+        )  # fmt: skip
+        governor = Governor(control, None, settings)  # no registering: runners are fixed
+        server, health_servicer = build_server(
+            servicer, control, governor, worker_server_options(settings)
         )
-        server, health_servicer = build_server(servicer, control, worker_server_options(settings))
+        governor.target = f"{settings.host}:{settings.port}"
         server.add_insecure_port(f"{settings.host}:{settings.port}")
         await server.start()
         promoter = None
@@ -498,7 +524,7 @@ class Worker:
         log.info("worker serving", port=settings.port, pid=os.getpid())
         return cls(
             settings, index, server, runners, ledger, shadows, peers, promoter, follower,
-            health_servicer,
+            health_servicer, metrics, refresher, tracing,
         )  # fmt: skip
 
     async def stop(self) -> None:
@@ -511,8 +537,14 @@ class Worker:
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.shadows.drain(timeout=self.settings.shadow_deadline_s)
         await asyncio.to_thread(self.ledger.stop)
+        if self.refresher is not None:
+            self.refresher.cancel()
+        if self.metrics is not None:
+            self.metrics.refresh()  # the ledger's last counts
         await asyncio.gather(*(r.stop() for r in self.runners.values()))
         await self.peers.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
         log.info("worker stopped", ledger=self.ledger.stats)
 
 

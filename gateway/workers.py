@@ -51,9 +51,18 @@ from pathlib import Path
 
 import structlog
 
+from gateway import registry
 from gateway.inprocess import InProcessRunner
+from gateway.metrics import (
+    MetricsPortUnavailable,
+    MetricsServer,
+    multiprocess_registry,
+    process_gone,
+)
+from gateway.metrics import announce as announce_metrics
+from gateway.metrics import serve as serve_metrics
 from gateway.replicas import Backend, ReplicaSet
-from gateway.repository import scan
+from gateway.repository import ModelEntry, scan
 from gateway.server import LISTENING, open_ledger
 from gateway.settings import GatewaySettings
 from gateway.supervisor import Fleet, Runner, StartupFailed
@@ -141,10 +150,17 @@ def attachment(backend: Backend) -> Attachment:
 class WorkerProcess:
     """One worker: started, watched, restarted with backoff, stopped."""
 
-    def __init__(self, index: int, plan_path: Path, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        index: int,
+        plan_path: Path,
+        settings: GatewaySettings,
+        metrics_dir: Path | None = None,
+    ) -> None:
         self.index = index
         self.plan_path = plan_path
         self.settings = settings
+        self.metrics_dir = metrics_dir  # PROMETHEUS_MULTIPROC_DIR of the workers
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._began = 0.0
@@ -163,7 +179,7 @@ class WorkerProcess:
         self.proc = proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.worker",
             "--plan", str(self.plan_path), "--index", str(self.index),
-            stdout=asyncio.subprocess.PIPE, start_new_session=True,
+            stdout=asyncio.subprocess.PIPE, start_new_session=True, env=self._env(),
         )  # fmt: skip
         assert proc.stdout is not None
         timeout = self.settings.runner_start_timeout_s + 30.0
@@ -184,6 +200,16 @@ class WorkerProcess:
         while line := await stream.readline():
             self._log.info("worker stdout", line=line.decode(errors="replace").rstrip())
 
+    def _env(self) -> dict[str, str] | None:
+        """With metrics on, prometheus_client must see its directory before its import."""
+        if self.metrics_dir is None:
+            return None
+        return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
+
+    def _exited(self, pid: int) -> None:
+        if self.metrics_dir is not None:
+            process_gone(self.metrics_dir, pid)
+
     def watch(self) -> None:
         self._task = asyncio.create_task(self._supervise())
 
@@ -193,6 +219,7 @@ class WorkerProcess:
         while True:
             assert self.proc is not None
             code = await self.proc.wait()
+            self._exited(self.proc.pid)
             if self._stopping:
                 return
             if time.monotonic() - self._began > settings.restart_backoff_reset_s:
@@ -227,14 +254,20 @@ class WorkerProcess:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+        if proc is not None:
+            self._exited(proc.pid)
         if self._drainer is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drainer
 
 
 class WorkerPool:
-    def __init__(self, plan_path: Path, settings: GatewaySettings) -> None:
-        self.workers = [WorkerProcess(i, plan_path, settings) for i in range(settings.workers)]
+    def __init__(
+        self, plan_path: Path, settings: GatewaySettings, metrics_dir: Path | None = None
+    ) -> None:
+        self.workers = [
+            WorkerProcess(i, plan_path, settings, metrics_dir) for i in range(settings.workers)
+        ]
 
     async def start(self) -> None:
         """Every worker listening, or none running and StartupFailed."""
@@ -250,10 +283,26 @@ class WorkerPool:
         await asyncio.gather(*(w.stop() for w in self.workers))
 
 
-def _migrate(settings: GatewaySettings) -> None:
+def _migrate(settings: GatewaySettings, models: dict[str, ModelEntry]) -> None:
+    """Migrate the ledger once for every worker, and refuse altered artifacts."""
     ledger = open_ledger(settings)
     ledger.start()
-    ledger.stop()
+    try:
+        registry.reconcile(models, ledger)
+    finally:
+        ledger.stop()
+
+
+def _serve_metrics(settings: GatewaySettings, directory: Path) -> tuple[Path, MetricsServer]:
+    """/metrics served here, summed over the files the workers keep in ``directory``."""
+    directory.mkdir()
+    try:
+        server = serve_metrics(
+            multiprocess_registry(directory), settings.host, settings.metrics_port
+        )
+    except MetricsPortUnavailable as exc:
+        raise StartupFailed(str(exc)) from None
+    return directory, server
 
 
 async def serve_workers(settings: GatewaySettings) -> None:
@@ -263,7 +312,7 @@ async def serve_workers(settings: GatewaySettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     models = scan(settings.repo)
-    await asyncio.to_thread(_migrate, settings)
+    await asyncio.to_thread(_migrate, settings, models)
     try:
         held, port = hold_port(settings.host, settings.port)
     except StartupFailed as exc:
@@ -273,7 +322,10 @@ async def serve_workers(settings: GatewaySettings) -> None:
     fleet = Fleet.for_models(models, settings)
     supervised = Fleet({}, fleet.socket_dir)
     pool: WorkerPool | None = None
+    metrics_dir, metrics_server = None, None
     try:
+        if settings.metrics_port >= 0:
+            metrics_dir, metrics_server = _serve_metrics(settings, fleet.socket_dir / "metrics")
         attachments = {key: attachment(backend) for key, backend in fleet.runners.items()}
         supervised.runners = {
             key: backend
@@ -282,13 +334,15 @@ async def serve_workers(settings: GatewaySettings) -> None:
         }
         await supervised.start(settings.runner_start_timeout_s)
         peers = tuple(fleet.socket_dir / f"w{i}.sock" for i in range(settings.workers))
-        plan = Plan(settings, models, attachments, peers, os.getpid())
+        plan = Plan(settings, models, attachments, peers, os.getpid(), metrics_dir)
         plan_path = fleet.socket_dir / "plan.pickle"
         plan.save(plan_path)
-        pool = WorkerPool(plan_path, settings)
+        pool = WorkerPool(plan_path, settings, metrics_dir)
         await pool.start()
         log.info("gateway serving", host=settings.host, port=port, workers=settings.workers,
                  models=sorted(models))  # fmt: skip
+        if metrics_server is not None:
+            announce_metrics(metrics_server)
         print(f"{LISTENING} {settings.host}:{port}", flush=True)
         await stop.wait()
     except StartupFailed as exc:
@@ -297,6 +351,8 @@ async def serve_workers(settings: GatewaySettings) -> None:
     finally:
         if pool is not None:
             await pool.stop()
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.close)
         await supervised.stop()  # the runners, then the socket directory (and the plan)
         for sock in held:
             sock.close()

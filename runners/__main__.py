@@ -2,6 +2,7 @@
 
     python -m runners --model-dir VERSION_DIR --name NAME --version V --address ADDRESS
                       [--threads N] [--parent-pid PID] [--log-format json|console]
+                      [--tracing off|console|otlp] [--tracing-file FILE]
 
 ADDRESS is ``unix:/path/to.sock`` or ``HOST:PORT`` (port 0: any free port). model.yaml is
 read from VERSION_DIR's parent. Once bound, the runner prints exactly one line to stdout,
@@ -47,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> RunnerSettings:
     parser.add_argument("--threads", type=int, help="model calls at once (default: model.yaml)")
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     parser.add_argument("--log-format", choices=["json", "console"], default="json")
+    parser.add_argument(
+        "--tracing", choices=["off", "console", "otlp"], default="off",
+        help="a span per ModelInfer call, continuing the caller's trace (runners/tracing.py)",
+    )  # fmt: skip
+    parser.add_argument("--tracing-file", type=Path, help="--tracing console: JSON lines here")
     args = parser.parse_args(argv)
     try:
         return RunnerSettings.model_validate(vars(args))

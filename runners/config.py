@@ -16,6 +16,15 @@ version. The gateway and every runner read these with the same classes.
         classes: ["setosa", "versicolor", "virginica"]  # probabilities' column order
         promotion: {auto: false, interval_s: 60, min_pairs: 200, alpha: 0.05,
                     max_error_rate: 0.01, max_p99_ratio: 1.5, old_primary_shadow_fraction: 1.0}
+        features: [sepal_length, ...]          # names of the input columns, in order
+        categorical: [colour]                  # features compared as categories in drift
+        monitoring: {input_sample_rate: 0.0, drift_window: 1000, check_interval_s: 60}
+        validation: {holdout: holdout.csv, min_accuracy: 0.9, max_mae: null,
+                     invariance: [{feature: colour, values: [red, blue]}],
+                     latency_budget_ms: 50}    # gateway.validation; also <name>/tests/
+        retraining: {schedule: "0 3 * * *", command: [python, train.py, "{dataset}", "{output}"],
+                     timeout_s: 600, shadow_fraction: 1.0, check_interval_s: 60,
+                     triggers: {min_accuracy: 0.8, last_labels: 500, max_psi: 0.2}}
     models/<name>/<version>/runner.yaml
         address: host:port                     # an external V2 server; no process started
         model: remote-name                     # its name there (default: the same name)
@@ -57,6 +66,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from croniter import croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -146,6 +156,90 @@ class PromotionPolicy(BaseModel):
     old_primary_shadow_fraction: float = Field(default=1.0, ge=0, le=1)
 
 
+class Monitoring(BaseModel):
+    """Which live inputs the ledger keeps: drift, retraining and backtests read them."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Share of requests (sampled per request) whose input rows are written to the ledger.
+    input_sample_rate: float = Field(default=0.0, ge=0, le=1)
+    # Rows of the most recent sampled inputs compared with the reference (at least 500).
+    drift_window: int = Field(default=1000, ge=500)
+    # How often the gateway recomputes drift for its gauges and triggers.
+    check_interval_s: float = Field(default=60.0, gt=0)
+
+
+class Invariance(BaseModel):
+    """Changing ``feature`` among ``values`` (or by ``delta``) must not change the answer."""
+
+    model_config = ConfigDict(extra="forbid")
+    feature: str | int
+    values: list[str | float] | None = None
+    delta: float | None = None
+    # Share of holdout rows whose answer may change without failing the check.
+    tolerance: float = Field(default=0.0, ge=0, le=1)
+    # Regression: an answer that moves by at most this much (absolute) counts as unchanged.
+    max_change: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_change(self) -> Invariance:
+        if (self.values is None) == (self.delta is None):
+            raise ValueError("an invariance check needs exactly one of 'values' and 'delta'")
+        return self
+
+
+class Validation(BaseModel):
+    """Checks a version must pass before it shadows or is promoted (gateway.validation)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # CSV relative to the model directory: one column per feature, then ``label``.
+    holdout: str | None = None
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)
+    max_mae: float | None = Field(default=None, ge=0)
+    invariance: list[Invariance] = Field(default_factory=list)
+    # p99 of single-row requests through the gateway, in milliseconds.
+    latency_budget_ms: float | None = Field(default=None, gt=0)
+
+
+class RetrainingTriggers(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Retrain when the primary's accuracy over its last ``last_labels`` labels is below this.
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)
+    last_labels: int = Field(default=500, ge=1)
+    # Retrain when any feature's PSI against the reference is above this.
+    max_psi: float | None = Field(default=None, gt=0)
+
+
+class Retraining(BaseModel):
+    """A training command run on a cron schedule and/or when a trigger fires.
+
+    ``command`` is an argv list run in the model directory; ``{dataset}`` (the exported
+    labelled data, CSV) and ``{output}`` (an empty folder the command fills with one
+    artifact) are replaced in every argument.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    command: list[str]
+    schedule: str | None = None
+    triggers: RetrainingTriggers = Field(default_factory=RetrainingTriggers)
+    timeout_s: float = Field(default=600.0, gt=0)
+    check_interval_s: float = Field(default=60.0, gt=0)
+    shadow_fraction: float = Field(default=1.0, gt=0, le=1)
+
+    @field_validator("command")
+    @classmethod
+    def _not_empty(cls, command: list[str]) -> list[str]:
+        if not command:
+            raise ValueError("retraining 'command' is empty")
+        return command
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, schedule: str | None) -> str | None:
+        if schedule is not None and not croniter.is_valid(schedule):
+            raise ValueError(f"retraining 'schedule' is not a cron expression: {schedule!r}")
+        return schedule
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: Task | None = None
@@ -156,6 +250,11 @@ class ModelConfig(BaseModel):
     classes: list[str] | None = None
     runner: RunnerOptions = Field(default_factory=RunnerOptions)
     promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
+    features: list[str] | None = None
+    categorical: list[str] = Field(default_factory=list)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    validation: Validation | None = None
+    retraining: Retraining | None = None
 
 
 class ExternalRunner(BaseModel):

@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -57,6 +57,9 @@ from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from runners.batching import INTERNAL_MESSAGE, Batcher, default_max_batch_size
 from runners.config import RunnerOptions, load_model_config
 from runners.model import Arrays, Model, load_model
+
+if TYPE_CHECKING:
+    from runners.tracing import RunnerTracing
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +92,8 @@ class RunnerSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
     parent_pid: int | None = Field(default=None, ge=1)
     log_format: Literal["json", "console"] = "json"
+    tracing: Literal["off", "console", "otlp"] = "off"
+    tracing_file: Path | None = None
 
 
 def batcher_for(model: Model, options: RunnerOptions) -> Batcher:
@@ -171,6 +176,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.version = version
         self.serving: Serving | None = None
         self.state = "LOADING"
+        self.tracing: RunnerTracing | None = None  # set when tracing is on
 
     def set_model(self, model: Model, batcher: Batcher) -> None:
         self.serving = Serving.of(model, batcher)
@@ -224,6 +230,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise self._error(exc, request.id) from None
 
     def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInferResponse:
+        if self.tracing is None:
+            return self._model_infer(request, context)
+        with self.tracing.infer(context, request.id):
+            return self._model_infer(request, context)
+
+    def _model_infer(
         self, request: pb.ModelInferRequest, context: grpc.ServicerContext
     ) -> pb.ModelInferResponse:
         try:
@@ -427,6 +441,12 @@ class Runner:
     def __init__(self, settings: RunnerSettings):
         self.settings = settings
         self.servicer = InferenceServicer(settings.name, settings.version)
+        if settings.tracing != "off":
+            from runners.tracing import RunnerTracing  # noqa: PLC0415 (only when on)
+
+            self.servicer.tracing = RunnerTracing(
+                settings.tracing, settings.tracing_file, settings.name, settings.version
+            )
         self.health = health.HealthServicer()
         # ``threads`` may only be known from model.yaml, read after listening: cap high.
         pool_threads = POOL_SPARE + (settings.threads or MAX_THREADS)
@@ -476,6 +496,8 @@ class Runner:
         log.info("stopping: finishing in-flight calls", grace_s=GRACE_S)
         self.health.enter_graceful_shutdown()
         self.server.stop(GRACE_S).wait()
+        if self.servicer.tracing is not None:
+            self.servicer.tracing.shutdown()  # export what is still pending
         return EXIT_OK
 
     def _start_serving(self, model: Model, options: RunnerOptions) -> None:

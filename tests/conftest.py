@@ -33,7 +33,9 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
     ) -> None:
-        command = [*GREENROOM, "serve", "--repo", str(repo), "--port", "0"]
+        # Metrics on a free port too (the default, 8002, would collide between gateways);
+        # ``extra`` may say otherwise.
+        command = [*GREENROOM, "serve", "--repo", str(repo), "--port", "0", "--metrics-port", "0"]
         self.repo = repo
         self.data_dir = data_dir
         self.log_path = log_path  # the gateway's log (stderr), when the test reads it
@@ -44,8 +46,14 @@ class GatewayProcess:
             text=True,
             env={**os.environ, **(env or {})},
         )
+        self.metrics_port: int | None = None  # from the METRICS line, when served
         self.target = self._wait_listening(timeout=120)
         self.pid = self.proc.pid
+
+    @property
+    def metrics_url(self) -> str:
+        assert self.metrics_port is not None, "this gateway serves no metrics"
+        return f"http://{self.target.rsplit(':', 1)[0]}:{self.metrics_port}/metrics"
 
     def _wait_listening(self, timeout: float) -> str:
         found: list[str] = []
@@ -53,6 +61,8 @@ class GatewayProcess:
         def read() -> None:
             assert self.proc.stdout is not None
             for line in self.proc.stdout:
+                if line.startswith("GREENROOM_GATEWAY_METRICS") and self.metrics_port is None:
+                    self.metrics_port = int(line.split()[1].rsplit(":", 1)[1])
                 if line.startswith("GREENROOM_GATEWAY_LISTENING") and not found:
                     found.append(line.split()[1])
 

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.ledger import Answer, FeedbackResult, Ledger, Role, writer
-from gateway.ledger.migrate import current_revision
+from gateway.ledger.migrate import current_revision, upgrade
 from gateway.ledger.schema import answers as answers_table
 from gateway.ledger.schema import metadata
 from tests.pg import Cluster
@@ -112,14 +112,38 @@ def database_answers(url: str) -> int:
 # -- schema, migrations, restarts ---------------------------------------------------------
 
 
+def test_upgrading_from_0001_keeps_the_history_in_the_journal(url: str) -> None:
+    engine = sql_engine(url)
+    upgrade(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("INSERT INTO deployment_history (model, at, spec, reason, actor) VALUES "
+                    "('iris', 1.0, '{\"primary\": \"1\"}', 'first', 'cli'), "
+                    "('iris', 2.0, '{\"primary\": \"2\"}', 'second', 'policy')")
+        )  # fmt: skip
+    ledger = Ledger(url)
+    ledger.start()
+    try:
+        journal = ledger.journal("iris")
+        assert [(e.kind, e.reason, e.actor, e.details) for e in journal] == [
+            ("deployment", "first", "cli", {"primary": "1"}),
+            ("deployment", "second", "policy", {"primary": "2"}),
+        ]
+        ledger.save_deployment("iris", {"primary": "3"}, "third", kind="promotion", version="3")
+        assert [(e.kind, e.version) for e in ledger.journal("iris")][-1] == ("promotion", "3")
+    finally:
+        ledger.stop()
+
+
 def test_migrations_create_the_schema_the_queries_use(url: str) -> None:
     ledger = Ledger(url)
     ledger.start()
     ledger.stop()
     engine = sql_engine(url)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     tables = set(sa.inspect(engine).get_table_names())
     assert {"answers", "feedback", "deployments", "deployment_history"} <= tables
+    assert {"inputs", "versions", "reference_samples", "journal"} <= tables
     assert "predictions" not in tables
     assert "alembic_version" in tables
     with engine.connect() as connection:

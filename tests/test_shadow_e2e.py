@@ -51,6 +51,15 @@ def cli_json(*args: str) -> Any:
     return json.loads(done.stdout)
 
 
+def check_journal(target: str) -> None:
+    """Registrations at the first start, then the two deployment changes with reasons."""
+    journal = cli_json("history", "churn", "--target", target)
+    assert [h["kind"] for h in journal] == ["registration"] * 3 + ["deployment", "promotion"]
+    history = [h for h in journal if h["deployment"]]
+    assert [h["reason"] for h in history] == ["try v2 and a twin of v1", "decide said promote"]
+    assert [h["deployment"]["primary"] for h in history] == ["1", "2"]
+
+
 def test_shadow_feedback_report_decide_promote(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     x, y, models = build(repo)
@@ -109,8 +118,6 @@ def test_shadow_feedback_report_decide_promote(tmp_path: Path) -> None:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             assert stub.ModelInfer(request("churn", {"input": x[:1]})).model_version == "2"
 
-        history = cli_json("history", "churn", "--target", target)
-        assert [h["reason"] for h in history] == ["try v2 and a twin of v1", "decide said promote"]
-        assert [h["deployment"]["primary"] for h in history] == ["1", "2"]
+        check_journal(target)
     finally:
         gateway.stop()

@@ -14,14 +14,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from gateway.ledger.governance import Governance, input_params
 from gateway.ledger.records import (
     Answer,
     FeedbackResult,
     HistoryEntry,
+    InputSample,
+    JournalEntry,
     LabelledRow,
     LedgerStats,
     PairedRow,
 )
+from gateway.ledger.schema import inputs
 from gateway.ledger.store import Store, answer_params, is_transient
 from gateway.ledger.writer import BatchWriter
 
@@ -42,7 +48,7 @@ class Ledger:
         self,
         url: str,
         *,
-        convert: Callable[[Any], Answer | None] | None = None,
+        convert: Callable[[Any], Answer | InputSample | None] | None = None,
         queue_items: int = 20_000,
         queue_bytes: int = 256 * 2**20,
         batch_items: int = 500,
@@ -50,9 +56,10 @@ class Ledger:
     ) -> None:
         self.url = url
         self._store = Store(url)
+        self.governance = Governance(self._store.engine)
         self._convert = convert
-        self._writer: BatchWriter[dict[str, Any]] = BatchWriter(
-            self._store.insert_answers,
+        self._writer: BatchWriter[tuple[sa.Table, dict[str, Any]]] = BatchWriter(
+            self._store.insert,
             self._prepare,
             is_transient=is_transient,
             queue_items=queue_items,
@@ -66,7 +73,7 @@ class Ledger:
         cls,
         data_dir: Path,
         *,
-        convert: Callable[[Any], Answer | None] | None = None,
+        convert: Callable[[Any], Answer | InputSample | None] | None = None,
         queue_items: int = 20_000,
         queue_bytes: int = 256 * 2**20,
         batch_items: int = 500,
@@ -108,10 +115,16 @@ class Ledger:
             with contextlib.suppress(Exception):
                 self._writer.drop()
 
-    def _prepare(self, item: Any) -> tuple[dict[str, Any], int] | None:
-        """Writer thread: convert the item, then pack it into one row's parameters."""
-        answer = item if self._convert is None else self._convert(item)
-        return None if answer is None else answer_params(answer)
+    def _prepare(self, item: Any) -> tuple[tuple[sa.Table, dict[str, Any]], int] | None:
+        """Writer thread: convert the item, then pack it into one row's parameters. A
+        sampled input counts no prediction rows."""
+        plain = self._convert is None or isinstance(item, Answer | InputSample)
+        converted = item if plain else self._convert(item)  # type: ignore[misc]
+        if converted is None:
+            return None
+        if isinstance(converted, InputSample):
+            return (inputs, input_params(converted)), 0
+        return answer_params(converted)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything recorded so far is written (or counted as failed)."""
@@ -120,6 +133,10 @@ class Ledger:
     @property
     def stats(self) -> LedgerStats:
         return self._writer.stats
+
+    def lag_s(self) -> float:
+        """Age of the oldest answer waiting for the writer, in seconds (0 when none)."""
+        return self._writer.lag_s()
 
     def count(self, model: str | None = None) -> int:
         """Prediction rows in the database (of one model, or all): the answers' rows."""
@@ -155,10 +172,20 @@ class Ledger:
     # -- deployments --------------------------------------------------------------------
 
     def save_deployment(
-        self, model: str, spec: dict[str, Any], reason: str, actor: str = "cli"
+        self,
+        model: str,
+        spec: dict[str, Any],
+        reason: str,
+        actor: str = "cli",
+        *,
+        kind: str = "deployment",
+        version: str | None = None,
     ) -> None:
-        """Replace the current deployment and append to its history, atomically."""
-        self._store.save_deployment(model, spec, reason, actor, time.time())
+        """Replace the current deployment and append to its history and to the journal
+        (as ``kind``, about ``version``), atomically."""
+        self._store.save_deployment(
+            model, spec, reason, actor, now=time.time(), kind=kind, version=version
+        )
 
     def deployment(self, model: str) -> dict[str, Any] | None:
         return self._store.deployment(model)
@@ -166,6 +193,10 @@ class Ledger:
     def history(self, model: str) -> list[HistoryEntry]:
         """Every saved change of the model's deployment, oldest first."""
         return self._store.history(model)
+
+    def journal(self, model: str) -> list[JournalEntry]:
+        """Everything that happened to the model, oldest first."""
+        return self.governance.entries(model)
 
     def deployment_changes(self) -> int:
         """Deployment changes saved so far, all models together: when it moves, another

@@ -6,7 +6,7 @@ vocabulary without importing the database layer (or gRPC: this package never doe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -88,6 +88,80 @@ class HistoryEntry:
     spec: dict[str, Any]
     reason: str
     actor: str
+
+
+# What the journal holds. Deployment changes carry their new spec in ``details``.
+JournalKind = Literal[
+    "registration", "deployment", "promotion", "retraining", "validation", "reference"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    at: float
+    kind: str
+    version: str | None
+    reason: str
+    actor: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class InputSample:
+    """A sampled request's input rows (``rows`` lists of values in ``columns`` order)."""
+
+    model: str
+    request_id: str
+    columns: tuple[str, ...]
+    rows: list[list[Any]]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledInput:
+    """One sampled input row joined with its truth: what retraining and backtests read."""
+
+    request_id: str
+    row: int
+    values: list[Any]
+    truth: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    """A registered version's provenance: what it is, and where it came from."""
+
+    model: str
+    version: str
+    sha256: str
+    artifact: str
+    runner: str
+    registered_at: float
+    framework: str | None = None
+    framework_version: str | None = None
+    data: dict[str, Any] | None = None  # training data: sha256, rows, columns, time range
+    code_ref: str | None = None
+    parameters: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    parent: str | None = None
+    author: str | None = None
+    notes: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """Drift's reference sample for a version, and where it came from."""
+
+    model: str
+    version: str
+    columns: tuple[str, ...]
+    rows: list[list[Any]]
+    source: str
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)

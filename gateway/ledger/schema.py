@@ -81,3 +81,71 @@ deployment_history = sa.Table(
     sa.Column("actor", sa.String(), nullable=False),
     sa.Index("ix_deployment_history_model_id", "model", "id"),
 )
+
+# Inputs sampled from live traffic (model.yaml ``monitoring.input_sample_rate``): one row
+# per sampled request. ``data`` is a JSON list of rows, each a list of feature values in
+# the order of ``columns`` (a JSON list of names). Drift, retraining and backtests read it.
+inputs = sa.Table(
+    "inputs",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(), nullable=False),
+    sa.Column("request_id", sa.String(), nullable=False),
+    sa.Column("rows", sa.Integer(), nullable=False),
+    sa.Column("columns", sa.Text(), nullable=False),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Column("created_at", sa.Double(), nullable=False),
+    sa.Index("ix_inputs_model_created_at", "model", "created_at"),
+    sa.Index("ix_inputs_model_request_id", "model", "request_id"),
+)
+
+# The registry: one row per registered version, never updated (provenance is history).
+versions = sa.Table(
+    "versions",
+    metadata,
+    sa.Column("model", sa.String(), nullable=False),
+    sa.Column("version", sa.String(), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("artifact", sa.String(), nullable=False),
+    sa.Column("framework", sa.String(), nullable=True),
+    sa.Column("framework_version", sa.String(), nullable=True),
+    sa.Column("runner", sa.String(), nullable=False),
+    sa.Column("data", sa.Text(), nullable=True),
+    sa.Column("code_ref", sa.Text(), nullable=True),
+    sa.Column("parameters", sa.Text(), nullable=True),
+    sa.Column("metrics", sa.Text(), nullable=True),
+    sa.Column("parent", sa.String(), nullable=True),
+    sa.Column("author", sa.String(), nullable=True),
+    sa.Column("notes", sa.Text(), nullable=True),
+    sa.Column("registered_at", sa.Double(), nullable=False),
+    sa.PrimaryKeyConstraint("model", "version", name="pk_versions"),
+)
+
+# Drift's reference sample per version: a JSON list of rows, as in ``inputs``.
+reference_samples = sa.Table(
+    "reference_samples",
+    metadata,
+    sa.Column("model", sa.String(), nullable=False),
+    sa.Column("version", sa.String(), nullable=False),
+    sa.Column("columns", sa.Text(), nullable=False),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("created_at", sa.Double(), nullable=False),
+    sa.PrimaryKeyConstraint("model", "version", name="pk_reference_samples"),
+)
+
+# Append-only journal of everything that happened to a model: registrations, deployment
+# changes, promotions, retraining runs, validations. ``details`` is JSON.
+journal = sa.Table(
+    "journal",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(), nullable=False),
+    sa.Column("at", sa.Double(), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("version", sa.String(), nullable=True),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("actor", sa.String(), nullable=False),
+    sa.Column("details", sa.Text(), nullable=False),
+    sa.Index("ix_journal_model_id", "model", "id"),
+)

@@ -28,7 +28,7 @@ from gateway.ledger.records import (
     LabelledRow,
     PairedRow,
 )
-from gateway.ledger.schema import answers, deployment_history, deployments, feedback
+from gateway.ledger.schema import answers, deployment_history, deployments, feedback, journal
 
 # How long a SQLite writer waits for another connection's lock before the driver raises.
 SQLITE_BUSY_TIMEOUT_S = 5.0
@@ -89,11 +89,15 @@ class Store:
 
     # -- answers ----------------------------------------------------------------------
 
-    def insert_answers(self, batch: Sequence[dict[str, Any]]) -> None:
-        """One executemany in one transaction: all answers or none. ``batch`` holds
-        ``answer_params`` results (packed in the writer thread)."""
+    def insert(self, batch: Sequence[tuple[sa.Table, dict[str, Any]]]) -> None:
+        """One transaction, one executemany per table: all items or none. ``batch`` holds
+        (table, parameters) pairs packed in the writer thread (answers, sampled inputs)."""
+        by_table: dict[sa.Table, list[dict[str, Any]]] = {}
+        for table, params in batch:
+            by_table.setdefault(table, []).append(params)
         with self.engine.begin() as connection:
-            connection.execute(answers.insert(), list(batch))
+            for table, rows in by_table.items():
+                connection.execute(table.insert(), rows)
 
     def count_rows(self, model: str | None = None) -> int:
         """Prediction rows (the sum of the answers' rows), of one model or all."""
@@ -206,9 +210,18 @@ class Store:
     # -- deployments ------------------------------------------------------------------
 
     def save_deployment(
-        self, model: str, spec: dict[str, Any], reason: str, actor: str, now: float
+        self,
+        model: str,
+        spec: dict[str, Any],
+        reason: str,
+        actor: str,
+        *,
+        now: float,
+        kind: str = "deployment",
+        version: str | None = None,
     ) -> None:
-        """Current state and its history entry change together or not at all."""
+        """Current state, its history entry and its journal entry change together or not
+        at all."""
         text = json.dumps(spec, sort_keys=True)
         with self.engine.begin() as connection:
             insert = _dialect_insert(connection, deployments)
@@ -223,6 +236,12 @@ class Store:
                     model=model, at=now, spec=text, reason=reason, actor=actor
                 )
             )
+            connection.execute(
+                journal.insert().values(
+                    model=model, at=now, kind=kind, version=version,
+                    reason=reason, actor=actor, details=text,
+                )
+            )  # fmt: skip
 
     def deployment(self, model: str) -> dict[str, Any] | None:
         query = sa.select(deployments.c.spec).where(deployments.c.model == model)
@@ -271,7 +290,7 @@ _ANSWER_COLUMNS = (
 )
 
 
-def answer_params(answer: Answer) -> tuple[dict[str, Any], int]:
+def answer_params(answer: Answer) -> tuple[tuple[sa.Table, dict[str, Any]], int]:
     """Pack an answer into one row's parameters, and say how many rows it holds.
 
     Runs in the writer thread. Raises (TypeError, ValueError) for an answer that is not
@@ -316,7 +335,7 @@ def answer_params(answer: Answer) -> tuple[dict[str, Any], int]:
         "status": answer.status,
         "created_at": float(answer.created_at),
     }
-    return params, rows
+    return (answers, params), rows
 
 
 @lru_cache(maxsize=1024)

@@ -72,9 +72,11 @@ class BatchWriter(Generic[P]):
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the writer waits here for items
         self._done = threading.Condition(self._lock)  # flush() waits here for progress
-        self._queue: deque[tuple[Any, int]] = deque()
+        # (item, weight, time.monotonic() when queued)
+        self._queue: deque[tuple[Any, int, float]] = deque()
         self._queued_bytes = 0  # weight of the queue and of the batch in flight
         self._in_flight = 0
+        self._in_flight_since = 0.0  # when the oldest item of the batch in flight was queued
         self._in_flight_bytes = 0
         self._accepted = 0
         self._handled = 0
@@ -121,6 +123,7 @@ class BatchWriter(Generic[P]):
         """Queue one item holding ``weight`` bytes, or drop (and count) it when either
         bound would be exceeded. O(1); never blocks on the database."""
         weight = max(int(weight), 0)
+        now = time.monotonic()
         with self._lock:
             if (
                 self._closed
@@ -129,7 +132,7 @@ class BatchWriter(Generic[P]):
             ):
                 self._dropped += 1
                 return
-            self._queue.append((item, weight))
+            self._queue.append((item, weight, now))
             self._queued_bytes += weight
             self._accepted += 1
             # Wake the writer only when it can act: items appeared, or a batch filled up.
@@ -159,6 +162,18 @@ class BatchWriter(Generic[P]):
             finally:
                 self._flushers -= 1
         return True
+
+    def lag_s(self) -> float:
+        """How long the oldest item not yet handled (queued, or in the batch being
+        written) has waited; 0 when none waits."""
+        with self._lock:
+            if self._in_flight:
+                oldest = self._in_flight_since
+            elif self._queue:
+                oldest = self._queue[0][2]
+            else:
+                return 0.0
+        return max(time.monotonic() - oldest, 0.0)
 
     @property
     def stats(self) -> LedgerStats:
@@ -203,8 +218,9 @@ class BatchWriter(Generic[P]):
             size = min(self._batch_items, len(self._queue))
             batch = []
             weight = 0
+            self._in_flight_since = self._queue[0][2]
             for _ in range(size):
-                item, item_weight = self._queue.popleft()
+                item, item_weight, _ = self._queue.popleft()
                 batch.append(item)
                 weight += item_weight
             self._in_flight = size

@@ -11,7 +11,9 @@ Answers are plain JSON-ready dicts, the same shapes the ``greenroom`` CLI prints
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -36,6 +38,28 @@ def deployment_dict(d: cpb.Deployment) -> dict[str, Any]:
         ),
         "shadows": [{"version": s.version, "fraction": s.fraction} for s in d.shadows],
     }
+
+
+def message_dict(message: Any) -> dict[str, Any]:
+    """Any control message as a JSON-ready dict: every field by its proto name, unset
+    optional fields as None, ``*_json`` strings parsed (an empty one is None)."""
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            out[field.name] = dict(value)
+        elif field.is_repeated:
+            is_message = field.message_type is not None
+            out[field.name] = [message_dict(v) if is_message else v for v in value]
+        elif field.has_presence and not message.HasField(field.name):
+            out[field.name] = None
+        elif field.message_type is not None:
+            out[field.name] = message_dict(value)
+        elif field.name.endswith("_json"):
+            out[field.name[: -len("_json")]] = json.loads(value) if value else None
+        else:
+            out[field.name] = value
+    return out
 
 
 def _optional(message: Any, *names: str) -> dict[str, Any]:
@@ -114,11 +138,13 @@ class ControlClient(SyncChannel):
         self._deployments = cpb_grpc.DeploymentsStub(self._channel)
         self._feedback = cpb_grpc.FeedbackStub(self._channel)
         self._evaluation = cpb_grpc.EvaluationStub(self._channel)
+        self._governance = cpb_grpc.GovernanceStub(self._channel)
         self._timeout = timeout
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(self, method: Any, request: Any, timeout: float | None = 0.0) -> Any:
+        """``timeout`` 0: the client's; None: no deadline (a training run)."""
         try:
-            return method(request, timeout=self._timeout)
+            return method(request, timeout=self._timeout if timeout == 0.0 else timeout)
         except grpc.RpcError as exc:
             raise from_status(exc.code().name, exc.details() or "") from exc
 
@@ -144,13 +170,18 @@ class ControlClient(SyncChannel):
         return deployment_dict(self._call(self._deployments.SetDeployment, request))
 
     def history(self, model: str) -> list[dict[str, Any]]:
+        """The model's journal, oldest first: registrations, deployment changes (with the
+        deployment after them), promotions, validations, retraining runs."""
         reply = self._call(self._deployments.GetHistory, cpb.GetHistoryRequest(model=model))
         return [
             {
                 "at": e.at,
-                "deployment": deployment_dict(e.deployment),
+                "kind": e.kind,
+                "version": e.version or None,
+                "deployment": deployment_dict(e.deployment) if e.HasField("deployment") else None,
                 "reason": e.reason,
                 "actor": e.actor,
+                "details": json.loads(e.details_json) if e.details_json else None,
             }
             for e in reply.entries
         ]
@@ -201,3 +232,64 @@ class ControlClient(SyncChannel):
         if sequential is not None:
             request.sequential = sequential
         return decision_dict(self._call(self._evaluation.Decide, request))
+
+    # ---- governance -----------------------------------------------------------------
+
+    def register(
+        self,
+        model: str,
+        artifact: str | Path,
+        *,
+        version: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        reference_csv: str | Path | None = None,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Add a version from an artifact file (.onnx, .joblib or .py) and its provenance;
+        ``reference_csv``: drift's reference sample for it (a CSV file with a header)."""
+        path = Path(artifact)
+        request = cpb.RegisterRequest(
+            model=model, version=version, artifact_name=path.name, artifact=path.read_bytes(),
+            metadata_json=json.dumps(dict(metadata or {})), reason=reason,
+            reference_csv=Path(reference_csv).read_text() if reference_csv else "",
+        )  # fmt: skip
+        return message_dict(self._call(self._governance.Register, request))
+
+    def versions(self, model: str) -> list[dict[str, Any]]:
+        reply = self._call(self._governance.ListVersions, cpb.ListVersionsRequest(model=model))
+        return [message_dict(v) for v in reply.versions]
+
+    def drift(self, model: str, version: str = "") -> dict[str, Any]:
+        request = cpb.DriftRequest(model=model, version=version)
+        return message_dict(self._call(self._governance.Drift, request))
+
+    def freeze_reference(self, model: str, version: str = "", rows: int = 0) -> dict[str, Any]:
+        request = cpb.FreezeReferenceRequest(model=model, version=version, rows=rows)
+        return message_dict(self._call(self._governance.FreezeReference, request))
+
+    def report_over_time(
+        self, model: str, by: str = "day", since_seconds: float = 0.0
+    ) -> dict[str, Any]:
+        request = cpb.ReportOverTimeRequest(model=model, by=by, since_seconds=since_seconds)
+        return message_dict(self._call(self._governance.ReportOverTime, request))
+
+    def validate(self, model: str, version: str) -> dict[str, Any]:
+        request = cpb.ValidateRequest(model=model, version=version)
+        return message_dict(self._call(self._governance.Validate, request))
+
+    def retrain(self, model: str, reason: str = "") -> dict[str, Any]:
+        request = cpb.RetrainRequest(model=model, reason=reason)
+        return message_dict(self._call(self._governance.Retrain, request, timeout=None))
+
+    def backtest(
+        self,
+        model: str,
+        versions: Sequence[str] = (),
+        *,
+        since_seconds: float = 0.0,
+        by: str = "day",
+    ) -> dict[str, Any]:
+        request = cpb.BacktestRequest(
+            model=model, versions=list(versions), since_seconds=since_seconds, by=by
+        )
+        return message_dict(self._call(self._governance.Backtest, request))

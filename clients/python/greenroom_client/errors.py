@@ -14,6 +14,7 @@ caller catches ``NotFound`` whether the model is missing at the gateway or at a 
     ├── ResourceExhausted          RESOURCE_EXHAUSTED (overload, queue full)
     ├── DeadlineExceeded           DEADLINE_EXCEEDED
     ├── FailedPrecondition         FAILED_PRECONDITION
+    ├── AlreadyExists              ALREADY_EXISTS    (a registered version, a running job)
     └── InternalError              INTERNAL          (generic message; details only in logs)
 
 Status names are strings so that domain modules need not import grpc.
@@ -79,6 +80,10 @@ class FailedPrecondition(GreenroomError):
     code = "FAILED_PRECONDITION"
 
 
+class AlreadyExists(GreenroomError):
+    code = "ALREADY_EXISTS"
+
+
 class InternalError(GreenroomError):
     code = "INTERNAL"
 
@@ -95,6 +100,7 @@ _BY_CODE: dict[str, type[GreenroomError]] = {
         ResourceExhausted,
         DeadlineExceeded,
         FailedPrecondition,
+        AlreadyExists,
         InternalError,
     )
 }

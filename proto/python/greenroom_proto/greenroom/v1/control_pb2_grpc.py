@@ -466,3 +466,385 @@ class Evaluation:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class GovernanceStub:
+    """Provenance, drift, accuracy over time, validation, retraining and backtests.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Register = channel.unary_unary(
+                '/greenroom.v1.Governance/Register',
+                request_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.RegisterRequest.SerializeToString,
+                response_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.VersionInfo.FromString,
+                _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/greenroom.v1.Governance/ListVersions',
+                request_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.VersionList.FromString,
+                _registered_method=True)
+        self.Drift = channel.unary_unary(
+                '/greenroom.v1.Governance/Drift',
+                request_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.DriftRequest.SerializeToString,
+                response_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.DriftReport.FromString,
+                _registered_method=True)
+        self.FreezeReference = channel.unary_unary(
+                '/greenroom.v1.Governance/FreezeReference',
+                request_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.FreezeReferenceRequest.SerializeToString,
+                response_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ReferenceInfo.FromString,
+                _registered_method=True)
+        self.ReportOverTime = channel.unary_unary(
+                '/greenroom.v1.Governance/ReportOverTime',
+                request_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ReportOverTimeRequest.SerializeToString,
+                response_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.OverTime.FromString,
+                _registered_method=True)
+        self.Validate = channel.unary_unary(
+                '/greenroom.v1.Governance/Validate',
+                request_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ValidateRequest.SerializeToString,
+                response_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ValidationResult.FromString,
+                _registered_method=True)
+        self.Retrain = channel.unary_unary(
+                '/greenroom.v1.Governance/Retrain',
+                request_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.RetrainRequest.SerializeToString,
+                response_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.RetrainResult.FromString,
+                _registered_method=True)
+        self.Backtest = channel.unary_unary(
+                '/greenroom.v1.Governance/Backtest',
+                request_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.BacktestRequest.SerializeToString,
+                response_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.OverTime.FromString,
+                _registered_method=True)
+
+
+class GovernanceServicer:
+    """Provenance, drift, accuracy over time, validation, retraining and backtests.
+    """
+
+    def Register(self, request, context):
+        """Adds a version from its artifact's bytes; refused if the version exists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drift(self, request, context):
+        """Per-feature drift of recent sampled inputs against the version's reference sample.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FreezeReference(self, request, context):
+        """Makes the recent sampled inputs the version's reference sample.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportOverTime(self, request, context):
+        """Accuracy (or MAE) per version per hour or day.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Validate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Retrain(self, request, context):
+        """Runs the model's retraining now; FAILED_PRECONDITION while a run of it is going.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Backtest(self, request, context):
+        """Replays labelled sampled inputs through versions: accuracy per version per window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_GovernanceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Register': grpc.unary_unary_rpc_method_handler(
+                    servicer.Register,
+                    request_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.RegisterRequest.FromString,
+                    response_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.VersionInfo.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ListVersionsRequest.FromString,
+                    response_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.VersionList.SerializeToString,
+            ),
+            'Drift': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drift,
+                    request_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.DriftRequest.FromString,
+                    response_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.DriftReport.SerializeToString,
+            ),
+            'FreezeReference': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreezeReference,
+                    request_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.FreezeReferenceRequest.FromString,
+                    response_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ReferenceInfo.SerializeToString,
+            ),
+            'ReportOverTime': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportOverTime,
+                    request_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ReportOverTimeRequest.FromString,
+                    response_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.OverTime.SerializeToString,
+            ),
+            'Validate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Validate,
+                    request_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ValidateRequest.FromString,
+                    response_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ValidationResult.SerializeToString,
+            ),
+            'Retrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retrain,
+                    request_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.RetrainRequest.FromString,
+                    response_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.RetrainResult.SerializeToString,
+            ),
+            'Backtest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backtest,
+                    request_deserializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.BacktestRequest.FromString,
+                    response_serializer=greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.OverTime.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'greenroom.v1.Governance', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('greenroom.v1.Governance', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Governance:
+    """Provenance, drift, accuracy over time, validation, retraining and backtests.
+    """
+
+    @staticmethod
+    def Register(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenroom.v1.Governance/Register',
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.RegisterRequest.SerializeToString,
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.VersionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenroom.v1.Governance/ListVersions',
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ListVersionsRequest.SerializeToString,
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.VersionList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenroom.v1.Governance/Drift',
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.DriftRequest.SerializeToString,
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.DriftReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreezeReference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenroom.v1.Governance/FreezeReference',
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.FreezeReferenceRequest.SerializeToString,
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ReferenceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOverTime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenroom.v1.Governance/ReportOverTime',
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ReportOverTimeRequest.SerializeToString,
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.OverTime.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Validate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenroom.v1.Governance/Validate',
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ValidateRequest.SerializeToString,
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.ValidationResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenroom.v1.Governance/Retrain',
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.RetrainRequest.SerializeToString,
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.RetrainResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backtest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenroom.v1.Governance/Backtest',
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.BacktestRequest.SerializeToString,
+            greenroom__proto_dot_greenroom_dot_v1_dot_control__pb2.OverTime.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

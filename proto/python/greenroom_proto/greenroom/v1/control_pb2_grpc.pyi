@@ -167,3 +167,112 @@ class EvaluationServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_pb2.Decision, _abc.Awaitable[_control_pb2.Decision]]: ...
 
 def add_EvaluationServicer_to_server(servicer: EvaluationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class GovernanceStub:
+    """Provenance, drift, accuracy over time, validation, retraining and backtests."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> GovernanceAsyncStub: ...
+    Register: _grpc.UnaryUnaryMultiCallable[_control_pb2.RegisterRequest, _control_pb2.VersionInfo]
+    """Adds a version from its artifact's bytes; refused if the version exists."""
+    ListVersions: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListVersionsRequest, _control_pb2.VersionList]
+    Drift: _grpc.UnaryUnaryMultiCallable[_control_pb2.DriftRequest, _control_pb2.DriftReport]
+    """Per-feature drift of recent sampled inputs against the version's reference sample."""
+    FreezeReference: _grpc.UnaryUnaryMultiCallable[_control_pb2.FreezeReferenceRequest, _control_pb2.ReferenceInfo]
+    """Makes the recent sampled inputs the version's reference sample."""
+    ReportOverTime: _grpc.UnaryUnaryMultiCallable[_control_pb2.ReportOverTimeRequest, _control_pb2.OverTime]
+    """Accuracy (or MAE) per version per hour or day."""
+    Validate: _grpc.UnaryUnaryMultiCallable[_control_pb2.ValidateRequest, _control_pb2.ValidationResult]
+    Retrain: _grpc.UnaryUnaryMultiCallable[_control_pb2.RetrainRequest, _control_pb2.RetrainResult]
+    """Runs the model's retraining now; FAILED_PRECONDITION while a run of it is going."""
+    Backtest: _grpc.UnaryUnaryMultiCallable[_control_pb2.BacktestRequest, _control_pb2.OverTime]
+    """Replays labelled sampled inputs through versions: accuracy per version per window."""
+
+@_typing.type_check_only
+class GovernanceAsyncStub(GovernanceStub):
+    """Provenance, drift, accuracy over time, validation, retraining and backtests."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Register: _aio.UnaryUnaryMultiCallable[_control_pb2.RegisterRequest, _control_pb2.VersionInfo]  # type: ignore[assignment]
+    """Adds a version from its artifact's bytes; refused if the version exists."""
+    ListVersions: _aio.UnaryUnaryMultiCallable[_control_pb2.ListVersionsRequest, _control_pb2.VersionList]  # type: ignore[assignment]
+    Drift: _aio.UnaryUnaryMultiCallable[_control_pb2.DriftRequest, _control_pb2.DriftReport]  # type: ignore[assignment]
+    """Per-feature drift of recent sampled inputs against the version's reference sample."""
+    FreezeReference: _aio.UnaryUnaryMultiCallable[_control_pb2.FreezeReferenceRequest, _control_pb2.ReferenceInfo]  # type: ignore[assignment]
+    """Makes the recent sampled inputs the version's reference sample."""
+    ReportOverTime: _aio.UnaryUnaryMultiCallable[_control_pb2.ReportOverTimeRequest, _control_pb2.OverTime]  # type: ignore[assignment]
+    """Accuracy (or MAE) per version per hour or day."""
+    Validate: _aio.UnaryUnaryMultiCallable[_control_pb2.ValidateRequest, _control_pb2.ValidationResult]  # type: ignore[assignment]
+    Retrain: _aio.UnaryUnaryMultiCallable[_control_pb2.RetrainRequest, _control_pb2.RetrainResult]  # type: ignore[assignment]
+    """Runs the model's retraining now; FAILED_PRECONDITION while a run of it is going."""
+    Backtest: _aio.UnaryUnaryMultiCallable[_control_pb2.BacktestRequest, _control_pb2.OverTime]  # type: ignore[assignment]
+    """Replays labelled sampled inputs through versions: accuracy per version per window."""
+
+class GovernanceServicer(metaclass=_abc_1.ABCMeta):
+    """Provenance, drift, accuracy over time, validation, retraining and backtests."""
+
+    @_abc_1.abstractmethod
+    def Register(
+        self,
+        request: _control_pb2.RegisterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.VersionInfo, _abc.Awaitable[_control_pb2.VersionInfo]]:
+        """Adds a version from its artifact's bytes; refused if the version exists."""
+
+    @_abc_1.abstractmethod
+    def ListVersions(
+        self,
+        request: _control_pb2.ListVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.VersionList, _abc.Awaitable[_control_pb2.VersionList]]: ...
+
+    @_abc_1.abstractmethod
+    def Drift(
+        self,
+        request: _control_pb2.DriftRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DriftReport, _abc.Awaitable[_control_pb2.DriftReport]]:
+        """Per-feature drift of recent sampled inputs against the version's reference sample."""
+
+    @_abc_1.abstractmethod
+    def FreezeReference(
+        self,
+        request: _control_pb2.FreezeReferenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ReferenceInfo, _abc.Awaitable[_control_pb2.ReferenceInfo]]:
+        """Makes the recent sampled inputs the version's reference sample."""
+
+    @_abc_1.abstractmethod
+    def ReportOverTime(
+        self,
+        request: _control_pb2.ReportOverTimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.OverTime, _abc.Awaitable[_control_pb2.OverTime]]:
+        """Accuracy (or MAE) per version per hour or day."""
+
+    @_abc_1.abstractmethod
+    def Validate(
+        self,
+        request: _control_pb2.ValidateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ValidationResult, _abc.Awaitable[_control_pb2.ValidationResult]]: ...
+
+    @_abc_1.abstractmethod
+    def Retrain(
+        self,
+        request: _control_pb2.RetrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RetrainResult, _abc.Awaitable[_control_pb2.RetrainResult]]:
+        """Runs the model's retraining now; FAILED_PRECONDITION while a run of it is going."""
+
+    @_abc_1.abstractmethod
+    def Backtest(
+        self,
+        request: _control_pb2.BacktestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.OverTime, _abc.Awaitable[_control_pb2.OverTime]]:
+        """Replays labelled sampled inputs through versions: accuracy per version per window."""
+
+def add_GovernanceServicer_to_server(servicer: GovernanceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
