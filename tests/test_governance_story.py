@@ -5,6 +5,7 @@ promoted; and the journal tells the whole story."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from greenroom_client import Client
 from greenroom_client.control import ControlClient
 from tests.conftest import GatewayProcess
+from tests.test_external_and_cli import greenroom
 from tests.test_governance import send, write_csv
 from tests.test_shadow_e2e import cli_json
 
@@ -112,6 +114,13 @@ def test_drift_retrain_validate_shadow_decide_promote(tmp_path: Path) -> None:
             control.promote("m", "2", reason="; ".join(decision["reasons"]))
             assert control.deployment("m")["primary"] == "2"
             story = [(e["kind"], e["version"]) for e in control.history("m")]
+            # `greenroom retrain` runs the same policy now and answers when it ends
+            manual = greenroom("retrain", "m", "--reason", "new labels", "--json",
+                               "--target", gateway.target)  # fmt: skip
+            assert manual.returncode == 0, manual.stderr
+            outcome = json.loads(manual.stdout)
+            assert (outcome["outcome"], outcome["version"]) == ("deployed", "3"), outcome
+            assert control.deployment("m")["shadows"][-1] == {"version": "3", "fraction": 1.0}
     finally:
         gateway.stop()
     expected = [
