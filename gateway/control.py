@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ import structlog
 
 from gateway.decision import Decision, ErrorPair, Guardrails, Pair, Policy, decide
 from gateway.deployments import Deployment
-from gateway.evaluation import Scored, Task, VersionMetrics, evaluate
+from gateway.evaluation import Accumulator, Scored, Task, VersionMetrics, evaluate
 from gateway.ledger import FeedbackResult, LabelledRow, Ledger, LedgerStats, PairedRow
 from gateway.ledger.records import JournalEntry
 from gateway.router import Router
@@ -154,17 +153,25 @@ class ControlPlane:
     async def report(self, model: str, since_s: float) -> Report:
         task = self.task(model)
         since = time.time() - since_s if since_s > 0 else None
-        rows = await asyncio.to_thread(self.ledger.rows, model, since)
-        by_version: dict[str, list[Scored]] = defaultdict(list)
-        for row in rows:
-            by_version[row.version].append(_scored(row, task))
+        metrics = await asyncio.to_thread(self._evaluate, model, task, since)
         deployment = self.router.deployment(model)
         versions = [
-            VersionReport(v, deployment.role_of(v) or "", evaluate(by_version.get(v, []), task))
+            VersionReport(v, deployment.role_of(v) or "", metrics.get(v) or evaluate([], task))
             for v in self.router.versions(model)
         ]
         drops = self._shadow_drops(model) if self._shadow_drops else {}
         return Report(model, task, versions, self.ledger.stats, drops)
+
+    def _evaluate(self, model: str, task: Task, since: float | None) -> dict[str, VersionMetrics]:
+        """Worker thread: every version's metrics over the window, streamed from the ledger
+        (never the whole window in memory)."""
+        accumulators: dict[str, Accumulator] = {}
+        for row in self.ledger.iter_rows(model, since):
+            accumulator = accumulators.get(row.version)
+            if accumulator is None:
+                accumulator = accumulators[row.version] = Accumulator(task)
+            accumulator.add(_scored(row, task))
+        return {version: a.result() for version, a in accumulators.items()}
 
     async def decide(self, model: str, candidate: str, policy: Policy, since_s: float) -> Decision:
         task = self.task(model)

@@ -90,6 +90,13 @@ class Deployment:
         canary = self.canary if self.canary and self.canary.version != version else None
         return Deployment(self.model, version, canary, tuple(shadows))
 
+    def with_shadow(self, version: str, fraction: float) -> Deployment:
+        """``version`` (also) shadows at ``fraction``; its other roles are unchanged."""
+        shadows = [s for s in self.shadows if s.version != version]
+        return Deployment(
+            self.model, self.primary, self.canary, (*shadows, Shadow(version, fraction))
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,

@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 MIN_WINDOW = 500
 EPSILON = 1e-4
@@ -90,6 +89,8 @@ def _numeric(ref: npt.NDArray[Any], live: npt.NDArray[Any]) -> tuple[float, floa
     ref_bins = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1)
     live_bins = np.bincount(np.searchsorted(edges, live, side="right"), minlength=len(edges) + 1)
     psi = _psi(ref_bins / len(ref), live_bins / len(live))
+    from scipy import stats  # noqa: PLC0415 (tens of MB: loaded by the first drift check)
+
     ks = stats.ks_2samp(ref, live)
     return psi, float(ks.statistic), float(ks.pvalue)
 
@@ -104,6 +105,8 @@ def _categorical(ref: npt.NDArray[Any], live: npt.NDArray[Any]) -> tuple[float, 
     psi = _psi(ref_counts / ref_counts.sum(), live_counts / live_counts.sum())
     if len(categories) < 2:
         return psi, 0.0, 1.0
+    from scipy import stats  # noqa: PLC0415 (tens of MB: loaded by the first drift check)
+
     chi2 = stats.chi2_contingency(np.vstack([ref_counts, live_counts]))
     return psi, float(chi2.statistic), float(chi2.pvalue)
 

@@ -17,8 +17,9 @@ Which rows count where:
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -129,71 +130,94 @@ class VersionMetrics:
         }
 
 
-def evaluate(rows: Sequence[Scored], task: Task) -> VersionMetrics:
+def evaluate(rows: Iterable[Scored], task: Task) -> VersionMetrics:
     """The metrics of one version over ``rows`` (see the module docstring for which count)."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
-    answered = sum(1 for row in rows if row.answered)
-    labelled = [row for row in rows if row.labelled]
-    p50, p99 = _latency_percentiles(rows)
-    classification = task == "classification"
-    mae, rmse = (None, None) if classification else _regression_errors(labelled)
-    return VersionMetrics(
-        task=task,
-        rows=len(rows),
-        predictions=answered,
-        errors=len(rows) - answered,
-        error_rate=_ratio(len(rows) - answered, len(rows)),
-        labelled=len(labelled),
-        accuracy=_accuracy(labelled) if classification else None,
-        per_class=_per_class(labelled) if classification else None,
-        log_loss=_log_loss(labelled) if classification else None,
-        mae=mae,
-        rmse=rmse,
-        latency_p50_ms=p50,
-        latency_p99_ms=p99,
-    )
+    accumulator = Accumulator(task)
+    for row in rows:
+        accumulator.add(row)
+    return accumulator.result()
+
+
+class Accumulator:
+    """``evaluate`` one row at a time, so that a window never has to be held as a list:
+    counters, and one float per row (latency) or per labelled row (loss, error)."""
+
+    def __init__(self, task: Task) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+        self.task = task
+        self.rows = self.answered = self.labelled = self.correct = 0
+        self.latencies = array("d")
+        self.losses = array("d")  # classification rows with probabilities
+        self.errors = array("d")  # regression: |predicted - truth|
+        self.truths: Counter[str] = Counter()
+        self.predicted: Counter[str] = Counter()
+        self.hits: Counter[str] = Counter()
+
+    def add(self, row: Scored) -> None:
+        self.rows += 1
+        self.latencies.append(row.latency_ms)
+        if not row.answered:
+            return
+        self.answered += 1
+        if not row.labelled:
+            return
+        self.labelled += 1
+        if self.task == "regression":
+            self.errors.append(abs(_number(row.predicted) - _number(row.truth)))
+            return
+        truth, predicted = str(row.truth), str(row.predicted)
+        self.truths[truth] += 1
+        self.predicted[predicted] += 1
+        if truth == predicted:
+            self.correct += 1
+            self.hits[truth] += 1
+        if row.probabilities is not None:
+            self.losses.append(_row_loss(row))
+
+    def result(self) -> VersionMetrics:
+        classification = self.task == "classification"
+        p50, p99 = _latency_percentiles(self.latencies)
+        mae, rmse = (None, None) if classification else _regression_errors(self.errors)
+        return VersionMetrics(
+            task=self.task,
+            rows=self.rows,
+            predictions=self.answered,
+            errors=self.rows - self.answered,
+            error_rate=_ratio(self.rows - self.answered, self.rows),
+            labelled=self.labelled,
+            accuracy=_ratio(self.correct, self.labelled) if classification else None,
+            per_class=self._per_class() if classification else None,
+            log_loss=math.fsum(self.losses) / len(self.losses)
+            if classification and self.losses
+            else None,
+            mae=mae,
+            rmse=rmse,
+            latency_p50_ms=p50,
+            latency_p99_ms=p99,
+        )
+
+    def _per_class(self) -> dict[str, ClassMetrics]:
+        """One-vs-rest precision and recall for every label seen as truth or as prediction."""
+        return {
+            label: ClassMetrics(
+                precision=_ratio(self.hits[label], self.predicted[label]),
+                recall=_ratio(self.hits[label], self.truths[label]),
+                support=self.truths[label],
+            )
+            for label in sorted(self.truths.keys() | self.predicted.keys())
+        }
 
 
 def _ratio(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _latency_percentiles(rows: Sequence[Scored]) -> tuple[float | None, float | None]:
-    if not rows:
+def _latency_percentiles(latencies: array[float]) -> tuple[float | None, float | None]:
+    if not latencies:
         return None, None
-    latencies = np.fromiter((row.latency_ms for row in rows), dtype=np.float64, count=len(rows))
-    p50, p99 = np.percentile(latencies, [50, 99])
+    p50, p99 = np.percentile(np.frombuffer(latencies, dtype=np.float64), [50, 99])
     return float(p50), float(p99)
-
-
-def _accuracy(labelled: Sequence[Scored]) -> float | None:
-    return _ratio(sum(1 for row in labelled if is_correct(row)), len(labelled))
-
-
-def _per_class(labelled: Sequence[Scored]) -> dict[str, ClassMetrics]:
-    """One-vs-rest precision and recall for every label seen as truth or as prediction."""
-    truths = Counter(str(row.truth) for row in labelled)
-    predicted = Counter(str(row.predicted) for row in labelled)
-    hits = Counter(str(row.truth) for row in labelled if is_correct(row))
-    return {
-        label: ClassMetrics(
-            precision=_ratio(hits[label], predicted[label]),
-            recall=_ratio(hits[label], truths[label]),
-            support=truths[label],
-        )
-        for label in sorted(truths.keys() | predicted.keys())
-    }
-
-
-def _log_loss(labelled: Sequence[Scored]) -> float | None:
-    """Mean -ln p(truth) over labelled rows that carry probabilities.
-
-    A truth missing from the row's classes had probability 0 by the model's own account,
-    so it costs as much as the floor does.
-    """
-    losses = [_row_loss(row) for row in labelled if row.probabilities is not None]
-    return math.fsum(losses) / len(losses) if losses else None
 
 
 def _row_loss(row: Scored) -> float:
@@ -208,11 +232,11 @@ def _row_loss(row: Scored) -> float:
     return -math.log(min(max(float(p), PROBABILITY_FLOOR), 1.0))
 
 
-def _regression_errors(labelled: Sequence[Scored]) -> tuple[float | None, float | None]:
-    if not labelled:
+def _regression_errors(errors: array[float]) -> tuple[float | None, float | None]:
+    if not errors:
         return None, None
-    errors = np.array([abs_error(row) for row in labelled], dtype=np.float64)
+    values = np.frombuffer(errors, dtype=np.float64)
     # Scaled by the largest error so that squaring neither overflows nor underflows.
-    scale = float(errors.max())
-    rmse = scale * float(np.sqrt(np.mean((errors / scale) ** 2))) if scale > 0 else 0.0
-    return float(errors.mean()), rmse
+    scale = float(values.max())
+    rmse = scale * float(np.sqrt(np.mean((values / scale) ** 2))) if scale > 0 else 0.0
+    return float(values.mean()), rmse

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import functools
-import hashlib
 import io
 import time
 from collections import defaultdict
@@ -27,11 +26,10 @@ import structlog
 
 from gateway import registry
 from gateway.control import ControlPlane
-from gateway.deployments import Deployment, Shadow
 from gateway.direct import predictor
 from gateway.drift import FeatureDrift, Kind, feature_drift
 from gateway.evaluation import Task
-from gateway.ledger.records import JournalEntry, LabelledInput, Reference, VersionRecord
+from gateway.ledger.records import JournalEntry, Reference, VersionRecord
 from gateway.prediction import Predict
 from gateway.repository import ARTIFACTS, VersionEntry, fingerprint, version_key
 from gateway.settings import GatewaySettings
@@ -334,15 +332,21 @@ class Governor:
         bucket = bucket_of(by)
         task = self.control.task(model)
         since = time.time() - since_s if since_s > 0 else None
-        rows = await asyncio.to_thread(self.ledger.rows, model, since)
+        points = await asyncio.to_thread(self._over_time, model, task, since, bucket)
+        return OverTime(model, task, by, points, self._roles(model))  # type: ignore[arg-type]
+
+    def _over_time(
+        self, model: str, task: Task, since: float | None, bucket: float
+    ) -> list[TimePoint]:
+        """Worker thread: the window streamed from the ledger into per-bucket sums."""
         scored = (
             (r.version, r.created_at,
              _score(task, r.label if task == "classification" else r.value, r.truth)
              if r.truth is not None and r.status == "OK" else None,
              r.truth is not None)
-            for r in rows
+            for r in self.ledger.iter_rows(model, since)
         )  # fmt: skip
-        return OverTime(model, task, by, _points(scored, bucket), self._roles(model))  # type: ignore[arg-type]
+        return _points(scored, bucket)
 
     def _roles(self, model: str) -> dict[str, str]:
         deployment = self.router.deployment(model)
@@ -394,26 +398,6 @@ class Governor:
         entries = await asyncio.to_thread(self.ledger.governance.entries, model, [VALIDATION])
         latest = [e for e in entries if e.version == version]
         return bool(latest and latest[-1].details.get("passed"))
-
-    def export_rows(self, labelled: Sequence[LabelledInput]) -> list[list[Any]]:
-        return [[*row.values, row.truth] for row in labelled]
-
-    @staticmethod
-    def newly_watching(old: Deployment, new: Deployment) -> list[str]:
-        """Versions that become primary or shadow with this change."""
-        before = {old.primary, *(s.version for s in old.shadows)}
-        after = [new.primary, *(s.version for s in new.shadows)]
-        return [v for v in after if v not in before]
-
-    @staticmethod
-    def shadowed(current: Deployment, version: str, fraction: float) -> Deployment:
-        shadows = [s for s in current.shadows if s.version != version]
-        return Deployment(current.model, current.primary, current.canary,
-                          (*shadows, Shadow(version, fraction)))  # fmt: skip
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

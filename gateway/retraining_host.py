@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,7 @@ class GatewayRetrainingHost:
         return result.passed, result.as_dict()
 
     async def deploy_shadow(self, model: str, version: str, fraction: float, reason: str) -> None:
-        current = self.governor.router.deployment(model)
-        deployment = self.governor.shadowed(current, version, fraction)
+        deployment = self.governor.router.deployment(model).with_shadow(version, fraction)
         await self.governor.control.set_deployment(deployment, reason, "retraining")
 
     async def journal(
@@ -83,15 +83,7 @@ class GatewayRetrainingHost:
     ) -> TriggerState:
         governor = self.governor
         primary = self.primary(model)
-        rows = await asyncio.to_thread(governor.ledger.rows, model)
-        labelled = [
-            r for r in rows if r.version == primary and r.truth is not None and r.status == "OK"
-        ]
-        recent = labelled[-last_labels:]
-        accuracy = (
-            sum(r.label == r.truth for r in recent) / len(recent)
-            if len(recent) >= last_labels else None
-        )  # fmt: skip
+        accuracy = await asyncio.to_thread(self._recent_accuracy, model, primary, last_labels)
         count = await asyncio.to_thread(
             count_feedback, governor.ledger.governance.engine, model, since
         )
@@ -102,6 +94,15 @@ class GatewayRetrainingHost:
         except FailedPrecondition:
             max_psi = None
         return TriggerState(accuracy, count, max_psi)
+
+    def _recent_accuracy(self, model: str, version: str, last: int) -> float | None:
+        """Worker thread: accuracy over the version's ``last`` labelled rows (None: fewer),
+        streamed so that only those rows are held."""
+        recent: deque[bool] = deque(maxlen=last)
+        for r in self.governor.ledger.iter_rows(model):
+            if r.version == version and r.truth is not None and r.status == "OK":
+                recent.append(r.label == r.truth)
+        return sum(recent) / last if len(recent) == last else None
 
     async def _retrained_shadow(self, model: str) -> bool:
         """Whether a version from an earlier retraining run is shadowing now."""

@@ -27,7 +27,7 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.ledger import Answer, FeedbackResult, Ledger, Role, writer
+from gateway.ledger import Answer, FeedbackResult, Ledger, Role, store, writer
 from gateway.ledger.migrate import current_revision, upgrade
 from gateway.ledger.schema import answers as answers_table
 from gateway.ledger.schema import metadata
@@ -253,6 +253,21 @@ def test_a_thousand_row_answer_is_one_record_expanded_on_read(ledger: Ledger) ->
         ("small", 0, "v2", "setosa"),
         ("small", 1, "v2", "setosa"),
     ]
+
+
+def test_a_window_streams_in_chunks_with_every_truth_joined(ledger: Ledger) -> None:
+    """More answers than one read chunk, the truth of a request in another chunk than its
+    first answer: the stream holds exactly what the list holds."""
+    count = 2 * store.READ_CHUNK + 7
+    record_all(ledger, [answer(f"r-{i}") for i in range(count)])
+    record_all(ledger, [answer(f"r-{i}", version="v2", role="shadow") for i in range(0, count, 5)])
+    ledger.add_feedback("iris", [(f"r-{i}", 0, "setosa") for i in range(0, count, 3)])
+    streamed = list(ledger.iter_rows("iris"))
+    assert streamed == ledger.rows("iris")
+    assert len(streamed) == count + len(range(0, count, 5))
+    labelled = {(r.request_id, r.version) for r in streamed if r.truth == "setosa"}
+    assert ("r-0", "v2") in labelled and (f"r-{count - 1}", "v1") not in labelled
+    assert len(labelled) == len(range(0, count, 3)) + len(range(0, count, 15))
 
 
 def test_failed_answers_hold_the_requests_rows_without_predictions(ledger: Ledger) -> None:

@@ -74,16 +74,19 @@ class Governance:
             query = query.where(inputs.c.created_at >= since)
         query = query.order_by(inputs.c.id.desc())
         columns: tuple[str, ...] = ()
-        rows: list[list[Any]] = []
+        chunks: list[list[list[Any]]] = []  # newest first
+        count = 0
         with self.engine.connect() as connection:
             for r in connection.execution_options(yield_per=500).execute(query):
                 if not columns:
                     columns = tuple(json.loads(r.columns))
                 elif tuple(json.loads(r.columns)) != columns:
                     continue
-                rows[:0] = json.loads(r.data)
-                if len(rows) >= limit:
+                chunks.append(json.loads(r.data))
+                count += len(chunks[-1])
+                if limit and count >= limit:
                     break
+        rows = [row for chunk in reversed(chunks) for row in chunk]
         return columns, rows[-limit:] if limit else rows
 
     def labelled_inputs(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,11 @@ class Ledger:
         """Every answered row of the model since ``since``, oldest first, with its truth."""
         self.flush()
         return self._store.rows(model, since)
+
+    def iter_rows(self, model: str, since: float | None = None) -> Iterator[LabelledRow]:
+        """``rows`` as a stream, read in chunks: for windows too big to hold as a list."""
+        self.flush()
+        return self._store.iter_rows(model, since)
 
     def pairs(
         self, model: str, primary: str, candidate: str, since: float | None = None

@@ -11,7 +11,7 @@ import itertools
 import json
 import operator
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -34,6 +34,8 @@ from gateway.ledger.schema import answers, deployment_history, deployments, feed
 SQLITE_BUSY_TIMEOUT_S = 5.0
 # Request ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits.
 IN_CHUNK = 500
+# Answers read at a time when a window is streamed (``Store.iter_rows``).
+READ_CHUNK = 1000
 
 # Packed float arrays: float64, little-endian, whatever the machine.
 FLOAT = np.dtype("<f8")
@@ -108,25 +110,29 @@ class Store:
             return int(connection.execute(query).scalar_one())
 
     def rows(self, model: str, since: float | None = None) -> list[LabelledRow]:
-        """Every answer of the model since ``since``, oldest first, expanded into rows.
+        """Every answer of the model since ``since``, oldest first, expanded into rows."""
+        return list(self.iter_rows(model, since))
 
-        Truth is fetched separately (one query for the feedback of the request ids
-        involved) and matched by row here: joining it in SQL would repeat each answer's
-        packed columns once per labelled row.
+    def iter_rows(self, model: str, since: float | None = None) -> Iterator[LabelledRow]:
+        """``rows`` as a stream: answers are read ``READ_CHUNK`` at a time, so a window of
+        millions of rows is evaluated in bounded memory.
+
+        Truth is fetched per chunk (one query for the feedback of its request ids) and
+        matched by row here: joining it in SQL would repeat each answer's packed columns
+        once per labelled row.
         """
         a = answers
         selected = a.c.model == model
         if since is not None:
             selected = sa.and_(selected, a.c.created_at >= since)
         query = sa.select(*_ANSWER_COLUMNS).where(selected).order_by(a.c.id)
-        request_ids = sa.select(a.c.request_id).where(selected)
         with self.engine.connect() as connection:
-            found = connection.execute(query).all()
-            truth = _truths(connection, model, request_ids) if found else {}
-        labelled: list[LabelledRow] = []
-        for r in found:
-            labelled.extend(_expand(r, truth.get(r.request_id, {})))
-        return labelled
+            result = connection.execution_options(yield_per=READ_CHUNK).execute(query)
+            for chunk in result.partitions():
+                ids = sorted({r.request_id for r in chunk})
+                truth = _truths_of(connection, model, ids)
+                for r in chunk:
+                    yield from _expand(r, truth.get(r.request_id, {}))
 
     def pairs(
         self, model: str, primary: str, candidate: str, since: float | None = None
@@ -403,6 +409,22 @@ def _truths(
     truth: dict[str, dict[int, str]] = {}
     for request_id, row, value in connection.execute(query):
         truth.setdefault(request_id, {})[row] = value
+    return truth
+
+
+def _truths_of(
+    connection: sa.Connection, model: str, request_ids: Sequence[str]
+) -> dict[str, dict[int, str]]:
+    """Known truth by request id and row, for a list of request ids (in IN-sized slices)."""
+    f = feedback
+    truth: dict[str, dict[int, str]] = {}
+    for start in range(0, len(request_ids), IN_CHUNK):
+        chunk = request_ids[start : start + IN_CHUNK]
+        query = sa.select(f.c.request_id, f.c.row, f.c.truth).where(
+            f.c.model == model, f.c.request_id.in_(chunk)
+        )
+        for request_id, row, value in connection.execute(query):
+            truth.setdefault(request_id, {})[row] = value
     return truth
 
 
