@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import functools
 import io
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -31,7 +33,8 @@ from gateway.drift import FeatureDrift, Kind, feature_drift
 from gateway.evaluation import Task
 from gateway.ledger.records import JournalEntry, Reference, VersionRecord
 from gateway.prediction import Predict
-from gateway.repository import ARTIFACTS, VersionEntry, fingerprint, version_key
+from gateway.replicas import Backend
+from gateway.repository import ARTIFACTS, ModelEntry, VersionEntry, fingerprint, version_key
 from gateway.settings import GatewaySettings
 from gateway.supervisor import Fleet
 from gateway.validation import ValidationResult, load_checks, validate
@@ -200,59 +203,78 @@ class Governor:
         self, model: str, *, version: str | None, filename: str, data: bytes,
         metadata: dict[str, Any], reference_csv: str, reason: str, actor: str,
     ) -> VersionRecord:  # fmt: skip
-        """Stage the artifact, prove it loads in a runner, record it, then serve it."""
+        """Stage the artifact, prove it loads in a runner, record it, then serve it. A
+        model the gateway does not serve yet is created (its directory, no model.yaml)."""
         if self.fleet is None or self.settings.workers > 1:
             raise FailedPrecondition(
                 "register needs a single-process gateway (--workers 1): the workers' "
                 "runners are fixed at start-up"
             )
-        entry = self.router.model(model)
         registry.check_metadata(metadata)
         reference = parse_csv(reference_csv) if reference_csv else None
         async with self.control.changes:
-            staged = await asyncio.to_thread(registry.stage, entry, version, filename, data)
-            kind = ARTIFACTS[staged.artifact.name]
-            version_entry = VersionEntry(
-                model, staged.version, staged.directory, kind,
-                await asyncio.to_thread(fingerprint, staged.directory),
+            new = model not in self.router.models
+            entry = (
+                await asyncio.to_thread(registry.new_model, self.settings.repo, model)
+                if new else self.router.model(model)
             )  # fmt: skip
-            backend = self.fleet.backend(entry, version_entry, self.settings)
-            self.fleet.runners[(model, staged.version)] = backend
+            try:
+                record, version_entry, backend = await self._load(
+                    entry, version, filename, data, metadata=metadata, reason=reason, actor=actor
+                )
+            except Exception:
+                if new:
+                    await asyncio.to_thread(shutil.rmtree, entry.path, True)
+                raise
+            self._serve(entry, version_entry, backend, new=new)
+        if reference is not None:
+            await self._save_reference(
+                model, record.version, *reference, source="registration", actor=actor
+            )
+        log.info("version registered", model=model, version=record.version, new_model=new)
+        return record
+
+    async def _load(
+        self, entry: ModelEntry, version: str | None, filename: str, data: bytes, *,
+        metadata: dict[str, Any], reason: str, actor: str,
+    ) -> tuple[VersionRecord, VersionEntry, Backend]:  # fmt: skip
+        """Stage, start and record one version; on any failure, nothing of it is left."""
+        assert self.fleet is not None
+        staged = await asyncio.to_thread(registry.stage, entry, version, filename, data)
+        version_entry = VersionEntry(
+            entry.name, staged.version, staged.directory, ARTIFACTS[staged.artifact.name],
+            await asyncio.to_thread(fingerprint, staged.directory),
+        )  # fmt: skip
+        backend = self.fleet.backend(entry, version_entry, self.settings)
+        try:
             backend.start()
             await backend.wait_settled(self.settings.runner_start_timeout_s)
             if backend.signature is None:
-                reason_down = backend.reason
-                await backend.stop()
-                await asyncio.to_thread(registry.unstage, staged)
-                raise InvalidArgument(f"artifact '{filename}' does not load: {reason_down}")
-            runner = registry.runner_name(entry, version_entry)
+                raise InvalidArgument(f"artifact '{filename}' does not load: {backend.reason}")
             record = registry.record_for(
-                model, staged.version, staged.artifact, staged.sha256,
-                runner=runner, metadata=metadata,
+                entry.name, staged.version, staged.artifact, staged.sha256,
+                runner=registry.runner_name(entry, version_entry), metadata=metadata,
             )  # fmt: skip
-            try:
-                await asyncio.to_thread(registry.save, self.ledger, record, reason, actor)
-            except Exception:
-                await backend.stop()
-                await asyncio.to_thread(registry.unstage, staged)
-                raise
-            self._serve(entry.name, version_entry, backend)
-        if reference is not None:
-            await self._save_reference(
-                model, staged.version, *reference, source="registration", actor=actor
-            )
-        log.info(
-            "version registered", model=model, version=staged.version, sha256=staged.sha256[:12]
-        )
-        return record
+            await asyncio.to_thread(registry.save, self.ledger, record, reason, actor)
+        except BaseException:
+            await backend.stop()
+            await asyncio.to_thread(registry.unstage, staged)
+            raise
+        self.fleet.runners[(entry.name, staged.version)] = backend
+        return record, version_entry, backend
 
-    def _serve(self, model: str, version_entry: VersionEntry, backend: Any) -> None:
-        entry = self.router.model(model)
+    def _serve(
+        self, entry: ModelEntry, version_entry: VersionEntry, backend: Backend, *, new: bool
+    ) -> None:
+        """From the next request on, the version answers when asked (a new model's first
+        version is its primary)."""
         entry.versions[version_entry.version] = version_entry
         ordered = sorted(entry.versions.items(), key=lambda item: version_key(item[0]))
         entry.versions.clear()
         entry.versions.update(ordered)
-        self.router.runners[(model, version_entry.version)] = backend
+        self.router.runners[(entry.name, version_entry.version)] = backend
+        if new:
+            self.router.add_model(dataclasses.replace(entry, primary=version_entry.version))
 
     async def versions(self, model: str) -> list[VersionRecord]:
         self.router.model(model)

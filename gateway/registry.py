@@ -9,6 +9,7 @@ served), because its accuracy history would otherwise describe a different model
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import os
@@ -27,6 +28,7 @@ from gateway.ledger.governance import AlreadyRegistered
 from gateway.ledger.records import JournalEntry, VersionRecord
 from gateway.repository import ARTIFACTS, ModelEntry, VersionEntry, version_key
 from greenroom_client.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from runners.config import ModelConfig
 
 log = structlog.get_logger(__name__)
 
@@ -123,6 +125,23 @@ def stage(model: ModelEntry, version: str | None, filename: str, data: bytes) ->
     return Staged(version, target, target / artifact_name, digest)
 
 
+def new_model(repo: Path, name: str) -> ModelEntry:
+    """A model directory for a first registration (no model.yaml: the defaults). Its
+    version is added by the caller; a directory already there is refused, since the
+    gateway would be serving it if it could."""
+    if not VERSION_NAME.match(name):
+        raise InvalidArgument(f"model name '{name}' is not valid (letters, digits, ._-)")
+    path = repo / name
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise FailedPrecondition(
+            f"{path} exists but is not served (see the gateway's log for why); fix it and "
+            "restart the gateway"
+        ) from None
+    return ModelEntry(name, path, ModelConfig(), {}, primary="")
+
+
 def unstage(staged: Staged) -> None:
     shutil.rmtree(staged.directory, ignore_errors=True)
 
@@ -172,7 +191,7 @@ def reconcile(models: dict[str, ModelEntry], ledger: Ledger) -> list[str]:
     """Start-up: register unknown versions found on disk, and take out of ``models`` every
     version whose artifact no longer has its registered bytes. Returns what was refused."""
     refused: list[str] = []
-    for model in models.values():
+    for model in list(models.values()):
         for version, entry in list(model.versions.items()):
             if entry.kind == "external":
                 continue  # no artifact of ours to fingerprint
@@ -186,7 +205,7 @@ def reconcile(models: dict[str, ModelEntry], ledger: Ledger) -> list[str]:
                 save(ledger, record, "found in the model repository at start-up", "startup")
             elif known.sha256 != digest:
                 refused.append(f"{model.name}/{version}")
-                _refuse(model, version, known.sha256, digest)
+                models[model.name] = _refuse(models[model.name], version, known.sha256, digest)
         if not model.versions:
             log.error("model skipped: no intact version", model=model.name)
     for name in [name for name, model in models.items() if not model.versions]:
@@ -194,7 +213,7 @@ def reconcile(models: dict[str, ModelEntry], ledger: Ledger) -> list[str]:
     return refused
 
 
-def _refuse(model: ModelEntry, version: str, registered: str, found: str) -> None:
+def _refuse(model: ModelEntry, version: str, registered: str, found: str) -> ModelEntry:
     log.error(
         "version refused: its artifact changed since registration",
         model=model.name, version=version, registered=registered[:12], found=found[:12],
@@ -202,7 +221,8 @@ def _refuse(model: ModelEntry, version: str, registered: str, found: str) -> Non
     del model.versions[version]
     if model.versions and version == model.primary:
         # The primary is gone: the highest intact version answers until a deployment says.
-        object.__setattr__(model, "primary", max(model.versions, key=version_key))
+        return dataclasses.replace(model, primary=max(model.versions, key=version_key))
+    return model
 
 
 def require_intact(entry: VersionEntry, known: VersionRecord | None) -> None:

@@ -46,6 +46,11 @@ class Router:
             raise ModelNotFound(name)
         return entry
 
+    def add_model(self, entry: ModelEntry) -> None:
+        """A model registered while serving (with its first version, its primary)."""
+        self.models[entry.name] = entry
+        self.deployments[entry.name] = Deployment(entry.name, entry.primary)
+
     def versions(self, name: str) -> list[str]:
         return list(self.model(name).versions)
 

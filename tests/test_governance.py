@@ -202,3 +202,34 @@ def test_validation_gates_shadow_and_promotion(tmp_path: Path, strong: Path) -> 
             assert entries[-1]["kind"] == "promotion" and entries[-1]["version"] == "2"
     finally:
         gateway.stop()
+
+
+def test_register_creates_a_model_the_gateway_did_not_serve(tmp_path: Path, strong: Path) -> None:
+    repo = tmp_path / "models"
+    build(repo, YAML)
+    gateway = GatewayProcess(repo, tmp_path / "data")
+    try:
+        with ControlClient(gateway.target) as control, Client(gateway.target) as client:
+            garbage = tmp_path / "garbage.joblib"
+            garbage.write_bytes(b"not a pickle")
+            with pytest.raises(InvalidArgument, match="does not load"):
+                control.register("fresh", garbage)
+            assert not (repo / "fresh").exists()
+            with pytest.raises(InvalidArgument, match="not valid"):
+                control.register("../escape", strong)
+            record = control.register("fresh", strong, metadata={"author": "ana"})
+            assert (record["version"], record["role"]) == ("1", "primary")
+            x, _ = data(3, 0)
+            assert client.infer("fresh", {"input": x}).version == "1"
+            assert control.deployment("fresh")["primary"] == "1"
+            assert [e["kind"] for e in control.history("fresh")] == ["registration"]
+    finally:
+        gateway.stop()
+    # after a restart it is an ordinary model of the repository
+    gateway = GatewayProcess(repo, tmp_path / "data")
+    try:
+        with ControlClient(gateway.target) as control:
+            assert [v["version"] for v in control.versions("fresh")] == ["1"]
+            assert [e["kind"] for e in control.history("fresh")] == ["registration"]
+    finally:
+        gateway.stop()
