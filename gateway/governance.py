@@ -17,7 +17,7 @@ import io
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,12 +31,12 @@ from gateway.control import ControlPlane
 from gateway.direct import predictor
 from gateway.drift import FeatureDrift, Kind, feature_drift
 from gateway.evaluation import Task
+from gateway.launch import Launcher
 from gateway.ledger.records import JournalEntry, Reference, VersionRecord
 from gateway.prediction import Predict
 from gateway.replicas import Backend
 from gateway.repository import ARTIFACTS, ModelEntry, VersionEntry, fingerprint, version_key
 from gateway.settings import GatewaySettings
-from gateway.supervisor import Fleet
 from gateway.validation import ValidationResult, load_checks, validate
 from greenroom_client.errors import FailedPrecondition, InvalidArgument
 from runners.config import ConfigError
@@ -173,12 +173,16 @@ def _points(
 
 class Governor:
     def __init__(
-        self, control: ControlPlane, fleet: Fleet | None, settings: GatewaySettings
+        self, control: ControlPlane, launcher: Launcher | None, settings: GatewaySettings
     ) -> None:
         self.control = control
         self.router = control.router
         self.ledger = control.ledger
-        self.fleet = fleet  # None: a worker of --workers N, whose runners are fixed
+        self.launcher = launcher  # starts the runners of versions registered while serving
+        # Tells the other workers of --workers N about a registered version (they attach).
+        self.announce: Callable[[], Awaitable[None]] | None = None
+        # A worker without the retrainer sends `retrain` to the one that has it.
+        self.forward_retrain: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
         self.settings = settings
         self.target: str | None = None  # the gateway's address, for model test programs
         self.retrainer: Any = None  # gateway.retraining.Retrainer, when a model has a policy
@@ -205,11 +209,8 @@ class Governor:
     ) -> VersionRecord:  # fmt: skip
         """Stage the artifact, prove it loads in a runner, record it, then serve it. A
         model the gateway does not serve yet is created (its directory, no model.yaml)."""
-        if self.fleet is None or self.settings.workers > 1:
-            raise FailedPrecondition(
-                "register needs a single-process gateway (--workers 1): the workers' "
-                "runners are fixed at start-up"
-            )
+        if self.launcher is None:
+            raise FailedPrecondition("this gateway cannot start runners for new versions")
         registry.check_metadata(metadata)
         reference = parse_csv(reference_csv) if reference_csv else None
         async with self.control.changes:
@@ -227,6 +228,8 @@ class Governor:
                     await asyncio.to_thread(shutil.rmtree, entry.path, True)
                 raise
             self._serve(entry, version_entry, backend, new=new)
+            if self.announce is not None:
+                await self.announce()
         if reference is not None:
             await self._save_reference(
                 model, record.version, *reference, source="registration", actor=actor
@@ -239,28 +242,27 @@ class Governor:
         metadata: dict[str, Any], reason: str, actor: str,
     ) -> tuple[VersionRecord, VersionEntry, Backend]:  # fmt: skip
         """Stage, start and record one version; on any failure, nothing of it is left."""
-        assert self.fleet is not None
+        assert self.launcher is not None
         staged = await asyncio.to_thread(registry.stage, entry, version, filename, data)
         version_entry = VersionEntry(
             entry.name, staged.version, staged.directory, ARTIFACTS[staged.artifact.name],
             await asyncio.to_thread(fingerprint, staged.directory),
         )  # fmt: skip
-        backend = self.fleet.backend(entry, version_entry, self.settings)
         try:
-            backend.start()
-            await backend.wait_settled(self.settings.runner_start_timeout_s)
-            if backend.signature is None:
-                raise InvalidArgument(f"artifact '{filename}' does not load: {backend.reason}")
+            backend = await self.launcher.launch(entry, version_entry)
+        except BaseException:
+            await asyncio.to_thread(registry.unstage, staged)
+            raise
+        try:
             record = registry.record_for(
                 entry.name, staged.version, staged.artifact, staged.sha256,
                 runner=registry.runner_name(entry, version_entry), metadata=metadata,
             )  # fmt: skip
             await asyncio.to_thread(registry.save, self.ledger, record, reason, actor)
         except BaseException:
-            await backend.stop()
+            await self.launcher.discard(entry, version_entry, backend)
             await asyncio.to_thread(registry.unstage, staged)
             raise
-        self.fleet.runners[(entry.name, staged.version)] = backend
         return record, version_entry, backend
 
     def _serve(

@@ -8,10 +8,10 @@ from typing import Any
 from gateway.drift import FeatureDrift
 from gateway.governance import DriftReport, Governor, OverTime, run_validation
 from gateway.ledger.records import VersionRecord
-from gateway.retraining import AlreadyRunning
+from gateway.retraining_host import retrain_now
 from gateway.servicer import edge
 from gateway.validation import ValidationResult
-from greenroom_client.errors import FailedPrecondition, InvalidArgument
+from greenroom_client.errors import InvalidArgument
 from greenroom_proto.greenroom.v1 import control_pb2 as cpb
 from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
 
@@ -149,24 +149,15 @@ class GovernanceServicer(cpb_grpc.GovernanceServicer):
 
     @edge
     async def Retrain(self, request: cpb.RetrainRequest, _: Any) -> cpb.RetrainResult:
-        retrainer = self.governor.retrainer
-        self.governor.router.model(request.model)
-        if retrainer is None or request.model not in retrainer.policies:
-            raise FailedPrecondition(
-                f"'{request.model}' has no retraining policy in model.yaml"
-                + (
-                    " (retraining runs in single-process gateways)"
-                    if self.governor.fleet is None
-                    else ""
-                )
-            )
-        try:
-            outcome = await retrainer.run_now(request.model, request.reason, "api")
-        except AlreadyRunning as exc:
-            raise FailedPrecondition(f"'{request.model}': {exc}") from None
+        model, reason = request.model, request.reason
+        self.governor.router.model(model)
+        if self.governor.retrainer is None and self.governor.forward_retrain is not None:
+            body = await self.governor.forward_retrain(model, reason)
+        else:
+            body = await retrain_now(self.governor.retrainer, model, reason)
         return cpb.RetrainResult(
-            model=request.model, outcome=outcome.outcome, reason=outcome.reason,
-            version=outcome.version or "", details_json=_json(outcome.as_dict()),
+            model=model, outcome=body["outcome"], reason=body["reason"],
+            version=body["version"] or "", details_json=_json(body),
         )  # fmt: skip
 
     @edge

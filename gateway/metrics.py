@@ -103,7 +103,8 @@ class _Seen:
 
 _NO_LEDGER = LedgerStats(0, 0, 0, 0, 0, 0, None)
 
-# (name, help) of the request counter and histogram.
+# (name, help) of the request counter and histogram, and their labels (plus "code").
+LABELS = ("model", "version", "role")
 REQUESTS = (
     "greenroom_requests",
     "Inference answers by model, version, role (primary, canary, shadow; '' for a request "
@@ -147,9 +148,7 @@ class _Tallies(Collector):
             tally.total_s += seconds
 
     def collect(self) -> list[Metric]:
-        labels = ["model", "version", "role"]
-        requests = CounterMetricFamily(*REQUESTS, labels=[*labels, "code"])
-        duration = HistogramMetricFamily(*DURATION, labels=labels)
+        requests, duration = _families()
         for key, tally in list(self.tallies.items()):
             for code, count in dict(tally.codes).items():
                 requests.add_metric([*key, code], count)
@@ -162,11 +161,12 @@ class _Tallies(Collector):
         return [requests, duration]
 
     def describe(self) -> list[Metric]:
-        labels = ["model", "version", "role"]
-        return [
-            CounterMetricFamily(*REQUESTS, labels=[*labels, "code"]),
-            HistogramMetricFamily(*DURATION, labels=labels),
-        ]
+        return list(_families())
+
+
+def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily]:
+    requests = CounterMetricFamily(*REQUESTS, labels=[*LABELS, "code"])
+    return requests, HistogramMetricFamily(*DURATION, labels=LABELS)
 
 
 class _SharedRequests:
@@ -174,9 +174,8 @@ class _SharedRequests:
     live in the shared files (the labelled children are made once and kept)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ["model", "version", "role"]
-        self.requests = Counter(*REQUESTS, [*labels, "code"], registry=registry)
-        self.duration = Histogram(*DURATION, labels, buckets=LATENCY_BUCKETS, registry=registry)
+        self.requests = Counter(*REQUESTS, [*LABELS, "code"], registry=registry)
+        self.duration = Histogram(*DURATION, LABELS, buckets=LATENCY_BUCKETS, registry=registry)
         self.counters: dict[tuple[str, str, str, str], Any] = {}
         self.histograms: dict[tuple[str, str, str], Any] = {}
 
@@ -187,9 +186,10 @@ class _SharedRequests:
             counter = self.counters[key] = self.requests.labels(*key)
         counter.inc()
         if seconds is not None:
-            histogram = self.histograms.get(key[:3])
+            where = (model, version, role)
+            histogram = self.histograms.get(where)
             if histogram is None:
-                histogram = self.histograms[key[:3]] = self.duration.labels(*key[:3])
+                histogram = self.histograms[where] = self.duration.labels(*where)
             histogram.observe(seconds)
 
 
@@ -304,32 +304,33 @@ class Metrics:
     def refresh(self) -> None:
         """Copy the ledger's and the shadow lanes' current values in (any thread)."""
         with self._refresh_lock:
-            seen = self._seen
-            ledger = self._ledger
-            if ledger is not None:
-                stats = ledger.stats
-                self.ledger_queue_depth.set(stats.queued)
-                self.ledger_lag.set(ledger.lag_s())
-                for counter, now, before in (
-                    (self.ledger_recorded, stats.recorded_answers, seen.ledger.recorded_answers),
-                    (self.ledger_recorded_rows, stats.recorded_rows, seen.ledger.recorded_rows),
-                    (self.ledger_dropped, stats.dropped, seen.ledger.dropped),
-                    (self.ledger_failed, stats.failed, seen.ledger.failed),
-                ):
-                    if now > before:
-                        counter.inc(now - before)
-                seen.ledger = stats
+            if self._ledger is not None:
+                self._copy_ledger(self._ledger)
             if self._shadows is not None:
-                # A copy of the dict: the event loop may add a lane meanwhile.
-                for where, lane in list(self._shadows.lanes.items()):
-                    dropped = lane.dropped
-                    last = seen.drops.get(where)
-                    if last is None:  # a lane's series shows from its first copy on
-                        self.shadow_drops.labels(*where)
-                        last = 0
-                    if dropped > last:
-                        self.shadow_drops.labels(*where).inc(dropped - last)
-                    seen.drops[where] = dropped
+                self._copy_drops(self._shadows)
+
+    def _copy_ledger(self, ledger: Ledger) -> None:
+        stats, before = ledger.stats, self._seen.ledger
+        self.ledger_queue_depth.set(stats.queued)
+        self.ledger_lag.set(ledger.lag_s())
+        for counter, now, then in (
+            (self.ledger_recorded, stats.recorded_answers, before.recorded_answers),
+            (self.ledger_recorded_rows, stats.recorded_rows, before.recorded_rows),
+            (self.ledger_dropped, stats.dropped, before.dropped),
+            (self.ledger_failed, stats.failed, before.failed),
+        ):
+            if now > then:
+                counter.inc(now - then)
+        self._seen.ledger = stats
+
+    def _copy_drops(self, shadows: ShadowFanout) -> None:
+        seen = self._seen.drops
+        # A copy of the dict: the event loop may add a lane meanwhile.
+        for where, lane in list(shadows.lanes.items()):
+            dropped, last = lane.dropped, seen.get(where)
+            if last is None or dropped > last:  # a lane's series shows from its first copy on
+                self.shadow_drops.labels(*where).inc(dropped - (last or 0))
+            seen[where] = dropped
 
 
 # ---- serving -------------------------------------------------------------------------------

@@ -40,7 +40,6 @@ skipped, finished, failed); the host journals the validation it runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import heapq
 import itertools
@@ -60,6 +59,7 @@ from typing import Any, Literal, Protocol
 import structlog
 from croniter import croniter
 
+from gateway.process_group import signal_group
 from runners.config import Retraining, RetrainingTriggers
 
 log = structlog.get_logger(__name__)
@@ -765,22 +765,17 @@ async def run_command(
             await _terminate(proc, grace_s)
             raise _Failed(f"timed out after {timeout_s:g} s") from None
         finally:  # nothing the command started outlives the run
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
 
 
 async def _terminate(proc: asyncio.subprocess.Process, grace_s: float) -> None:
     """SIGTERM to the group, SIGKILL if the command has not exited after the grace."""
-    _signal_group(proc.pid, signal.SIGTERM)
+    signal_group(proc.pid, signal.SIGTERM)
     try:
         await asyncio.wait_for(proc.wait(), grace_s)
     except TimeoutError:
-        _signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
         await proc.wait()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
-        os.killpg(pgid, sig)
 
 
 def exit_reason(code: int) -> str:

@@ -21,7 +21,13 @@ from gateway.governance import Governor, run_validation, write_csv
 from gateway.ledger.governance import count_feedback
 from gateway.registry import METADATA_FIELDS
 from gateway.repository import ARTIFACTS
-from gateway.retraining import Export, RegistrationError, Retrainer, TriggerState
+from gateway.retraining import (
+    AlreadyRunning,
+    Export,
+    RegistrationError,
+    Retrainer,
+    TriggerState,
+)
 from greenroom_client.errors import FailedPrecondition, GreenroomError
 
 
@@ -146,3 +152,14 @@ def start_retrainer(governor: Governor) -> Retrainer | None:
     retrainer.start()
     governor.retrainer = retrainer
     return retrainer
+
+
+async def retrain_now(retrainer: Retrainer | None, model: str, reason: str) -> dict[str, Any]:
+    """``greenroom retrain``: the run's outcome, or FAILED_PRECONDITION when the model has
+    no policy or a run of it is going on."""
+    if retrainer is None or model not in retrainer.policies:
+        raise FailedPrecondition(f"'{model}' has no retraining policy in model.yaml")
+    try:
+        return (await retrainer.run_now(model, reason, "api")).as_dict()
+    except AlreadyRunning as exc:
+        raise FailedPrecondition(f"'{model}': {exc}") from None

@@ -26,6 +26,7 @@ from gateway import registry
 from gateway.control import ControlPlane
 from gateway.control_servicer import CONTROL_SERVICES, add_control_servicers
 from gateway.governance import Governor
+from gateway.launch import FleetLauncher
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics, MetricsServer, open_metrics
 from gateway.metrics import announce as announce_metrics
@@ -150,7 +151,7 @@ class Gateway:
         shadows.tracing = tracing
         control = ControlPlane(router, ledger, shadows.drops)
         await control.restore()
-        governor = Governor(control, fleet, settings)
+        governor = Governor(control, FleetLauncher(fleet, settings), settings)
         if metrics is not None:
             metrics.watch(ledger, shadows)
         recorder = Recorder(ledger, RolesCache(router), settings.record_predictions, metrics)

@@ -53,7 +53,6 @@ wrong kind of output fails that check, with the reason, and the other checks sti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
 import os
@@ -61,7 +60,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +70,7 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.prediction import Predict, Prediction
+from gateway.process_group import signal_group
 from runners.config import ConfigError, Invariance, ModelConfig, Validation
 
 __all__ = [
@@ -266,13 +266,13 @@ def read_holdout(
     header = [name.strip() for name in records[0][1]]
     names, indexes, label_at = _columns(path, header, features)
     numeric = [name not in categorical for name in names]
+    columns = list(zip(names, indexes, numeric, strict=True))
     rows: list[list[Any]] = []
     labels: list[str] = []
     for line, record in records[1:]:
         if len(record) != len(header):
             raise HoldoutError(f"{path}:{line}: {len(record)} fields, the header has {len(header)}")
         labels.append(_label(path, line, record[label_at]))
-        columns = zip(names, indexes, numeric, strict=True)
         rows.append([_cell(path, line, name, record[i], kind) for name, i, kind in columns])
     if not rows:
         raise HoldoutError(f"{path}: no data rows after the header")
@@ -353,10 +353,8 @@ class _Session:
     predict: Predict
     target: str | None
     python_timeout_s: float
-
-    def __post_init__(self) -> None:
-        self._holdouts: dict[Path, Holdout] = {}
-        self._answers: dict[Path, Prediction] = {}
+    _holdouts: dict[Path, Holdout] = field(default_factory=dict, init=False)
+    _answers: dict[Path, Prediction] = field(default_factory=dict, init=False)
 
     async def holdout(self, path: Path | None) -> Holdout:
         assert path is not None, "holdout checks always carry their file"
@@ -609,7 +607,7 @@ async def _run_pytest(
         code = None
     finally:
         if process.returncode is None:
-            _kill_group(process.pid)
+            signal_group(process.pid, signal.SIGKILL)
             await process.wait()
     return code, await _collected(reading)
 
@@ -620,11 +618,6 @@ async def _collected(reading: asyncio.Future[bytes]) -> str:
         return (await asyncio.wait_for(reading, 5.0)).decode(errors="replace")
     except TimeoutError:
         return ""
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def _tail(output: str) -> str:

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import json
 import os
 import pickle
@@ -58,12 +59,15 @@ from gateway.decision import Decision, Policy
 from gateway.deployments import Deployment
 from gateway.governance import Governor
 from gateway.inprocess import InProcessRunner
+from gateway.launch import call_supervisor, settled
 from gateway.ledger import FeedbackResult, Ledger, LedgerStats
 from gateway.metrics import Metrics, refresh_every
 from gateway.policy import AutoPromoter
 from gateway.recording import Recorder
 from gateway.replicas import Backend, ReplicaSet
-from gateway.repository import ModelEntry
+from gateway.repository import ModelEntry, VersionEntry
+from gateway.retraining import Retrainer
+from gateway.retraining_host import retrain_now, start_retrainer
 from gateway.router import Router
 from gateway.server import RolesCache, build_server, open_ledger, open_tracing, server_options
 from gateway.servicer import SERVICE, InferenceServicer
@@ -75,6 +79,7 @@ from gateway.supervisor import (
     RunnerState,
     StartupFailed,
 )
+from greenroom_client.errors import FailedPrecondition, GreenroomError, Unavailable, from_status
 
 if TYPE_CHECKING:
     from gateway.tracing import GatewayTracing
@@ -118,6 +123,8 @@ class Plan:
     supervisor: int  # pid
     # Where the workers' metrics live (PROMETHEUS_MULTIPROC_DIR); None: metrics are off.
     metrics_dir: Path | None = None
+    # The supervisor's private socket (gateway.workers.SupervisorEndpoint).
+    control: Path | None = None
 
     def save(self, path: Path) -> None:
         path.write_bytes(pickle.dumps(self))
@@ -184,21 +191,54 @@ class AttachedRunner(Runner):
 
 def backends(plan: Plan, settings: GatewaySettings) -> dict[tuple[str, str], Backend]:
     """One backend per model version, as the plan says; nothing is started yet."""
-    runners: dict[tuple[str, str], Backend] = {}
-    for (name, version), how in plan.attachments.items():
-        model = plan.models[name]
-        entry = model.versions[version]
-        if how.kind == "inprocess":
-            runners[(name, version)] = InProcessRunner(entry, model.config, settings)
-        elif how.kind == "external":
-            # An external address: followed like the single gateway does (no socket used).
-            runners[(name, version)] = Runner(entry, model.config, settings, Path(os.devnull))
-        else:
-            attached: list[Runner] = [
-                AttachedRunner(entry, model.config, settings, path) for path in how.sockets
-            ]
-            runners[(name, version)] = ReplicaSet(attached) if how.replicated else attached[0]
-    return runners
+    return {key: backend_of(plan, key, settings) for key in plan.attachments}
+
+
+def backend_of(plan: Plan, key: tuple[str, str], settings: GatewaySettings) -> Backend:
+    name, version = key
+    how, model = plan.attachments[key], plan.models[name]
+    entry = model.versions[version]
+    if how.kind == "inprocess":
+        return InProcessRunner(entry, model.config, settings)
+    if how.kind == "external":
+        # An external address: followed like the single gateway does (no socket used).
+        return Runner(entry, model.config, settings, Path(os.devnull))
+    attached: list[Runner] = [
+        AttachedRunner(entry, model.config, settings, path) for path in how.sockets
+    ]
+    return ReplicaSet(attached) if how.replicated else attached[0]
+
+
+class SupervisedLauncher:
+    """``gateway.launch.Launcher`` for a worker: the supervisor starts the runner, the
+    worker attaches to it (the others attach when they reload, ``WorkerControlPlane``)."""
+
+    def __init__(self, plan_path: Path, settings: GatewaySettings) -> None:
+        self.plan_path = plan_path
+        self.settings = settings
+
+    async def _plan(self) -> tuple[Plan, Path]:
+        plan = await asyncio.to_thread(Plan.load, self.plan_path)
+        if plan.control is None:
+            raise FailedPrecondition("this gateway's supervisor takes no new versions")
+        return plan, plan.control
+
+    async def launch(self, model: ModelEntry, version: VersionEntry) -> Backend:
+        body = {"model": model.name, "version": version.version}
+        _, control = await self._plan()
+        await call_supervisor(control, "Start", body)
+        plan, _ = await self._plan()  # rewritten by the supervisor with the new runner
+        backend = backend_of(plan, (model.name, version.version), self.settings)
+        try:
+            return await settled(backend, self.settings, f"version {version.version}")
+        except GreenroomError:
+            await call_supervisor(control, "Drop", body)
+            raise
+
+    async def discard(self, model: ModelEntry, version: VersionEntry, backend: Backend) -> None:
+        await backend.stop()
+        _, control = await self._plan()
+        await call_supervisor(control, "Drop", {"model": model.name, "version": version.version})
 
 
 # ---- talking to the other workers -------------------------------------------------------
@@ -229,7 +269,10 @@ class Peers:
 
     def __init__(self, paths: tuple[Path, ...], index: int) -> None:
         self.own = paths[index]
+        self.first = paths[0]  # worker 0: the one that runs retraining
         self.others = [path for i, path in enumerate(paths) if i != index]
+        # Set on worker 0: runs a retraining another worker was asked for.
+        self.on_retrain: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
         self._channels: dict[Path, grpc.aio.Channel] = {}
         self._server: grpc.aio.Server | None = None
 
@@ -246,13 +289,28 @@ class Peers:
             await reload()
             return b"{}"
 
+        async def on_retrain(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
+            body = json.loads(request)
+            if self.on_retrain is None:
+                return json.dumps({"code": "FAILED_PRECONDITION", "error": "no retrainer"}).encode()
+            try:
+                outcome = await self.on_retrain(body["model"], body["reason"])
+            except GreenroomError as exc:
+                return json.dumps({"code": exc.code, "error": exc.message}).encode()
+            return json.dumps({"outcome": outcome}).encode()
+
         with contextlib.suppress(FileNotFoundError):
             self.own.unlink()  # left by the process this one replaces
         server = grpc.aio.server()
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
-                    PEER_SERVICE, {"Sync": _unary(on_sync), "Reload": _unary(on_reload)}
+                    PEER_SERVICE,
+                    {
+                        "Sync": _unary(on_sync),
+                        "Reload": _unary(on_reload),
+                        "Retrain": _unary(on_retrain),
+                    },
                 ),
             )
         )
@@ -271,13 +329,19 @@ class Peers:
         channel = self._channels[path] = grpc.aio.insecure_channel(f"unix:{path}")
         return channel
 
-    async def _call(self, path: Path, method: str, body: dict[str, Any]) -> bytes | None:
+    async def _call(
+        self,
+        path: Path,
+        method: str,
+        body: dict[str, Any],
+        timeout: float | None = PEER_CALL_TIMEOUT_S,
+    ) -> bytes | None:
         request = json.dumps(body).encode()
         for _ in range(2):
             channel = self._channels.get(path) or self._open(path)
             try:
                 reply: bytes = await channel.unary_unary(f"/{PEER_SERVICE}/{method}")(
-                    request, timeout=PEER_CALL_TIMEOUT_S
+                    request, timeout=timeout
                 )
                 return reply
             except grpc.aio.AioRpcError as exc:
@@ -309,6 +373,18 @@ class Peers:
                 )
             states.append(state)
         return states
+
+    async def retrain(self, model: str, reason: str) -> dict[str, Any]:
+        """Worker 0 runs the model's retraining (one retrainer per gateway) and answers
+        when the run ends."""
+        reply = await self._call(self.first, "Retrain", {"model": model, "reason": reason}, None)
+        if reply is None:
+            raise Unavailable("the worker that runs retraining did not answer")
+        body = json.loads(reply)
+        if "error" in body:
+            raise from_status(body["code"], body["error"])
+        outcome: dict[str, Any] = body["outcome"]
+        return outcome
 
     async def reload(self) -> None:
         """Every reachable worker re-reads the deployments; returns once they have."""
@@ -351,16 +427,43 @@ class WorkerControlPlane(ControlPlane):
       running workers (a restarted worker's counters start again from zero).
     """
 
-    def __init__(self, router: Router, ledger: Ledger, shadows: ShadowFanout, peers: Peers) -> None:
+    def __init__(
+        self,
+        router: Router,
+        ledger: Ledger,
+        shadows: ShadowFanout,
+        peers: Peers,
+        plan_path: Path | None = None,
+    ) -> None:
         super().__init__(router, ledger, shadows.drops)
         self.shadows = shadows
         self.peers = peers
+        self.plan_path = plan_path  # re-read on reload: versions registered meanwhile
 
     async def reload(self) -> None:
-        """Apply the deployments stored in the database (one re-read at a time, so that an
-        older read can never be applied after a newer one)."""
+        """Attach the versions registered since (by another worker), then apply the
+        deployments stored in the database (one re-read at a time, so that an older read
+        can never be applied after a newer one)."""
         async with self.changes:
+            await self._adopt()
             await self.restore()
+
+    async def _adopt(self) -> None:
+        if self.plan_path is None:
+            return
+        plan = await asyncio.to_thread(Plan.load, self.plan_path)
+        for key in plan.attachments.keys() - self.router.runners.keys():
+            name, version = key
+            backend = backend_of(plan, key, plan.settings)
+            backend.start()
+            await backend.wait_settled(plan.settings.runner_start_timeout_s)
+            entry = self.router.models.get(name)
+            if entry is None:
+                self.router.add_model(plan.models[name])
+            else:
+                entry.versions[version] = plan.models[name].versions[version]
+            self.router.runners[key] = backend
+            log.info("version attached", model=name, version=version)
 
     async def sync_state(self, model: str) -> PeerState:
         """The ``Sync`` call of the other workers: write what is queued, then count."""
@@ -473,9 +576,10 @@ class Worker:
     metrics: Metrics | None = None
     refresher: asyncio.Task[None] | None = None
     tracing: GatewayTracing | None = None
+    retrainer: Retrainer | None = None
 
     @classmethod
-    async def start(cls, plan: Plan, index: int) -> Worker:
+    async def start(cls, plan: Plan, index: int, plan_path: Path | None = None) -> Worker:
         """Like ``Gateway.start``, except that the runners are attached before the port is
         bound: a (re)started worker takes connections only once it can answer them."""
         settings = plan.settings
@@ -486,7 +590,7 @@ class Worker:
         shadows = ShadowFanout.from_settings(settings)
         shadows.tracing = tracing = open_tracing(settings, f"worker {index}")
         peers = Peers(plan.peers, index)
-        control = WorkerControlPlane(router, ledger, shadows, peers)
+        control = WorkerControlPlane(router, ledger, shadows, peers, plan_path)
         # Reachable before the deployments are read: a change saved after the read is
         # announced to this worker, one saved before it is in the read.
         await peers.serve(control.sync_state, control.reload)
@@ -507,7 +611,14 @@ class Worker:
             router, settings, shadows, recorder, f"{index}/{os.getpid()}",
             metrics=metrics, tracing=tracing,
         )  # fmt: skip
-        governor = Governor(control, None, settings)  # no registering: runners are fixed
+        launcher = SupervisedLauncher(plan_path, settings) if plan_path is not None else None
+        governor = Governor(control, launcher, settings)
+        governor.announce = peers.reload
+        retrainer = start_retrainer(governor) if index == 0 else None
+        if retrainer is not None:
+            peers.on_retrain = functools.partial(retrain_now, retrainer)
+        else:
+            governor.forward_retrain = peers.retrain
         server, health_servicer = build_server(
             servicer, control, governor, worker_server_options(settings)
         )
@@ -524,7 +635,7 @@ class Worker:
         log.info("worker serving", port=settings.port, pid=os.getpid())
         return cls(
             settings, index, server, runners, ledger, shadows, peers, promoter, follower,
-            health_servicer, metrics, refresher, tracing,
+            health_servicer, metrics, refresher, tracing, retrainer,
         )  # fmt: skip
 
     async def stop(self) -> None:
@@ -564,14 +675,14 @@ async def _watch_parent(supervisor: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def run(plan: Plan, index: int) -> None:
+async def run(plan: Plan, index: int, plan_path: Path | None = None) -> None:
     """Serve until SIGTERM/SIGINT or the supervisor's death."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     orphaned = asyncio.create_task(_watch_parent(plan.supervisor, stop))
-    worker = await Worker.start(plan, index)
+    worker = await Worker.start(plan, index, plan_path)
     print(f"{WORKER_LISTENING} {index} {os.getpid()}", flush=True)
     try:
         await stop.wait()
@@ -592,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.load(args.plan)
     logs.configure(plan.settings.log_format, plan.settings.log_level)
     structlog.contextvars.bind_contextvars(worker=args.index)
-    asyncio.run(run(plan, args.index))
+    asyncio.run(run(plan, args.index, args.plan))
     return 0
 
 

@@ -41,18 +41,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
+import json
 import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import grpc
 import structlog
 
 from gateway import registry
 from gateway.inprocess import InProcessRunner
+from gateway.launch import SUPERVISOR_SERVICE, settled
 from gateway.metrics import (
     MetricsPortUnavailable,
     MetricsServer,
@@ -62,11 +68,13 @@ from gateway.metrics import (
 from gateway.metrics import announce as announce_metrics
 from gateway.metrics import serve as serve_metrics
 from gateway.replicas import Backend, ReplicaSet
-from gateway.repository import ModelEntry, scan
+from gateway.repository import ModelEntry, load_model, scan
 from gateway.server import LISTENING, open_ledger
 from gateway.settings import GatewaySettings
 from gateway.supervisor import Fleet, Runner, StartupFailed
 from gateway.worker import WORKER_LISTENING, Attachment, Plan
+from greenroom_client.errors import GreenroomError
+from runners.config import ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -283,6 +291,102 @@ class WorkerPool:
         await asyncio.gather(*(w.stop() for w in self.workers))
 
 
+class SupervisorEndpoint:
+    """The supervisor's private socket: a worker that registers a version asks here for
+    its runner (``Start``), or gives it back when the registration failed (``Drop``).
+    The plan file is rewritten with it, so that workers started later attach to it too."""
+
+    def __init__(
+        self, plan: Plan, plan_path: Path, fleets: tuple[Fleet, Fleet], settings: GatewaySettings
+    ) -> None:
+        self.plan, self.plan_path, self.settings = plan, plan_path, settings
+        # The fleet that names sockets (new runners must not reuse one), and the one whose
+        # processes this supervisor runs and stops.
+        self.fleet, self.supervised = fleets
+        self._lock = asyncio.Lock()
+        self._server: grpc.aio.Server | None = None
+
+    async def serve(self, socket_path: Path) -> None:
+        def unary(fn: Callable[[dict[str, str]], Awaitable[dict[str, str]]]) -> Any:
+            async def handle(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
+                try:
+                    answer = await fn(json.loads(request))
+                except (ConfigError, GreenroomError, StartupFailed) as exc:
+                    answer = {"error": str(exc)}
+                return json.dumps(answer).encode()
+
+            return grpc.unary_unary_rpc_method_handler(handle)
+
+        server = grpc.aio.server()
+        handlers = {"Start": unary(self.start_version), "Drop": unary(self.drop_version)}
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SUPERVISOR_SERVICE, handlers),)
+        )
+        server.add_insecure_port(f"unix:{socket_path}")
+        await server.start()
+        self._server = server
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(1.0)
+
+    async def start_version(self, body: dict[str, str]) -> dict[str, str]:
+        name, version = body["model"], body["version"]
+        async with self._lock:
+            fresh = await asyncio.to_thread(load_model, self.settings.repo / name)
+            entry = fresh.versions.get(version)
+            if entry is None:
+                return {"error": f"{self.settings.repo / name / version} is not a servable version"}
+            model = self.plan.models.get(name) or dataclasses.replace(
+                fresh, versions={}, primary=version
+            )
+            backend = self.fleet.backend(model, entry, self.settings)
+            how = attachment(backend)
+            if how.kind == "attached":
+                await settled(backend, self.settings, f"version {version} of '{name}'")
+                self.supervised.runners[(name, version)] = backend
+            model.versions[version] = entry
+            self.plan.models[name] = model
+            self.plan.attachments[(name, version)] = how
+            await asyncio.to_thread(self.plan.save, self.plan_path)
+        log.info("runner added", model=name, version=version, kind=how.kind)
+        return {"kind": how.kind}
+
+    async def drop_version(self, body: dict[str, str]) -> dict[str, str]:
+        name, version = body["model"], body["version"]
+        async with self._lock:
+            backend = self.supervised.runners.pop((name, version), None)
+            if backend is not None:
+                await backend.stop()
+            self.plan.attachments.pop((name, version), None)
+            model = self.plan.models.get(name)
+            if model is not None:
+                model.versions.pop(version, None)
+                if not model.versions:
+                    del self.plan.models[name]
+            await asyncio.to_thread(self.plan.save, self.plan_path)
+        return {}
+
+
+def _plan(
+    settings: GatewaySettings,
+    models: dict[str, ModelEntry],
+    attachments: dict[tuple[str, str], Attachment],
+    directory: Path,
+    metrics_dir: Path | None,
+) -> Plan:
+    peers = tuple(directory / f"w{i}.sock" for i in range(settings.workers))
+    control = directory / "supervisor.sock"
+    return Plan(settings, models, attachments, peers, os.getpid(), metrics_dir, control)
+
+
+def _processes(
+    fleet: Fleet, attachments: dict[tuple[str, str], Attachment]
+) -> dict[tuple[str, str], Backend]:
+    """The runner processes the supervisor starts (workers attach to them)."""
+    return {key: b for key, b in fleet.runners.items() if attachments[key].kind == "attached"}
+
+
 def _migrate(settings: GatewaySettings, models: dict[str, ModelEntry]) -> None:
     """Migrate the ledger once for every worker, and refuse altered artifacts."""
     ledger = open_ledger(settings)
@@ -322,21 +426,19 @@ async def serve_workers(settings: GatewaySettings) -> None:
     fleet = Fleet.for_models(models, settings)
     supervised = Fleet({}, fleet.socket_dir)
     pool: WorkerPool | None = None
+    endpoint: SupervisorEndpoint | None = None
     metrics_dir, metrics_server = None, None
     try:
         if settings.metrics_port >= 0:
             metrics_dir, metrics_server = _serve_metrics(settings, fleet.socket_dir / "metrics")
         attachments = {key: attachment(backend) for key, backend in fleet.runners.items()}
-        supervised.runners = {
-            key: backend
-            for key, backend in fleet.runners.items()
-            if attachments[key].kind == "attached"
-        }
+        supervised.runners = _processes(fleet, attachments)
         await supervised.start(settings.runner_start_timeout_s)
-        peers = tuple(fleet.socket_dir / f"w{i}.sock" for i in range(settings.workers))
-        plan = Plan(settings, models, attachments, peers, os.getpid(), metrics_dir)
         plan_path = fleet.socket_dir / "plan.pickle"
+        plan = _plan(settings, models, attachments, fleet.socket_dir, metrics_dir)
         plan.save(plan_path)
+        endpoint = SupervisorEndpoint(plan, plan_path, (fleet, supervised), settings)
+        await endpoint.serve(fleet.socket_dir / "supervisor.sock")
         pool = WorkerPool(plan_path, settings, metrics_dir)
         await pool.start()
         log.info("gateway serving", host=settings.host, port=port, workers=settings.workers,
@@ -351,6 +453,8 @@ async def serve_workers(settings: GatewaySettings) -> None:
     finally:
         if pool is not None:
             await pool.stop()
+        if endpoint is not None:
+            await endpoint.stop()
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.close)
         await supervised.stop()  # the runners, then the socket directory (and the plan)

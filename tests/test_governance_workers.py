@@ -1,0 +1,82 @@
+"""Governance with ``--workers 2``: a version registered through one worker is served by
+every worker (the supervisor starts its runner, the others attach), and ``retrain``
+through any worker runs on the one retrainer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import grpc
+import joblib
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from greenroom_client import Client
+from greenroom_client.control import ControlClient
+from greenroom_proto.greenroom.v1 import control_pb2 as cpb
+from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
+from tests.conftest import GatewayProcess
+from tests.test_gateway import request
+from tests.test_governance import YAML, build, data, send
+from tests.test_workers import channel, infer
+
+COPY = "import shutil, sys; shutil.copy('next.joblib', sys.argv[2] + '/model.joblib')"
+
+
+def per_worker(target: str, model: str, x: np.ndarray, version: str) -> dict[str, grpc.Channel]:
+    """Fresh connections until both workers answered ``version``: index -> channel."""
+    found: dict[str, grpc.Channel] = {}
+    for _ in range(100):
+        ch = channel(target)
+        reply, worker = infer(ch, request(model, {"input": x}, model_version=version))
+        assert reply.model_version == version
+        index = worker.split("/")[0]
+        if index in found:
+            ch.close()
+            continue
+        found[index] = ch
+        if len(found) == 2:
+            return found
+    raise AssertionError(f"100 connections all went to worker(s) {sorted(found)}")
+
+
+def retrain(ch: grpc.Channel, model: str) -> cpb.RetrainResult:
+    stub = cpb_grpc.GovernanceStub(ch)
+    reply: cpb.RetrainResult = stub.Retrain(cpb.RetrainRequest(model=model, reason="test"))
+    return reply
+
+
+def test_registration_and_retraining_reach_every_worker(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    policy = {"command": [sys.executable, "-c", COPY, "{dataset}", "{output}"]}
+    build(repo, YAML + f"retraining: {json.dumps(policy)}\n")
+    x, y = data(400, 1)
+    strong = tmp_path / "strong.joblib"
+    joblib.dump(LogisticRegression().fit(x, y), strong)
+    shutil.copy(strong, repo / "m" / "next.joblib")
+    gateway = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_WORKERS": "2"})
+    try:
+        with ControlClient(gateway.target) as control, Client(gateway.target) as client:
+            send(client, x[:200], y[:200], control)
+            assert control.register("m", strong)["version"] == "2"
+            assert control.register("fresh", strong)["version"] == "1"
+        per_worker(gateway.target, "m", x[:2], "2")
+        per_worker(gateway.target, "fresh", x[:2], "1")
+        workers = per_worker(gateway.target, "m", x[:2], "1")
+        # worker 1 hands `retrain` to worker 0, which runs the one retrainer
+        first = retrain(workers["1"], "m")
+        assert (first.outcome, first.version) == ("deployed", "3"), first
+        second = retrain(workers["0"], "m")
+        assert (second.outcome, second.version) == ("deployed", "4"), second
+        for ch in workers.values():
+            reply, _ = infer(ch, request("m", {"input": x[:2]}, model_version="4"))
+            assert reply.model_version == "4"
+            deployment = cpb_grpc.DeploymentsStub(ch).GetDeployment(
+                cpb.GetDeploymentRequest(model="m")
+            )
+            assert [s.version for s in deployment.shadows] == ["3", "4"]
+    finally:
+        gateway.stop()
