@@ -50,6 +50,7 @@ LEGEND_X = PLOT_X + PLOT_W + 24
 DRIFT_W = 960
 DRIFT_LABEL_W, DRIFT_PLOT_W = 220, 520
 DRIFT_TOP, DRIFT_ROW_H, DRIFT_BAR_H, DRIFT_BOTTOM = 36, 28, 16, 40
+DRIFT_MESSAGE_H = 160  # the chart's place when there is no bar to draw
 LABEL_CHARS = 30
 
 NO_ACCURACY = "No labelled predictions in this time range: nothing to plot."
@@ -422,11 +423,11 @@ def _legend(p: Picture, palette: dict[str, str]) -> list[str]:
     out = []
     for i, v in enumerate(versions(p)):
         y = PLOT_Y + 10 + i * 36
-        role = role_of(p, v) or "no role"
+        role = role_of(p, v)
         labelled = sum(pt.labelled for pt in p.points if pt.version == v)
         out.append(
             f'<line x1="{LEGEND_X}" y1="{y}" x2="{LEGEND_X + 34}" y2="{y}" '
-            f'stroke="{palette[v]}" {_stroke(role_of(p, v))} />'
+            f'stroke="{palette[v]}" {_stroke(role)} />'
         )
         out.append(
             f'<text x="{LEGEND_X + 42}" y="{y + 4}" font-weight="bold"><title>{esc(v)}</title>'
@@ -434,7 +435,7 @@ def _legend(p: Picture, palette: dict[str, str]) -> list[str]:
         )
         out.append(
             f'<text x="{LEGEND_X + 42}" y="{y + 19}" fill="{MUTED}">'
-            f"{esc(role)} \u00b7 {labelled} labelled</text>"
+            f"{esc(role or 'no role')} \u00b7 {labelled} labelled</text>"
         )
     return out
 
@@ -477,7 +478,8 @@ def _accuracy_section(p: Picture) -> str:
 
 
 def _psi_max(rows: Sequence[FeatureDrift]) -> float:
-    """The PSI axis: up to 0.3 always (both bands show), beyond it up to 1 at most."""
+    """The PSI axis: up to 0.3 always (the moderate and major bands show), beyond it up
+    to 1 at most."""
     largest = max((r.psi for r in rows if r.psi is not None and math.isfinite(r.psi)), default=0)
     return max(0.3, min(1.0, nice_ceiling(largest * 1.1)))
 
@@ -574,11 +576,11 @@ def _drift_bar(row: FeatureDrift, i: int, top: float) -> list[str]:
 
 def _drift_svg(rows: Sequence[FeatureDrift]) -> str:
     if not rows:
-        return _message_svg("drift-chart", DRIFT_W, 160, [NO_DRIFT])
+        return _message_svg("drift-chart", DRIFT_W, DRIFT_MESSAGE_H, [NO_DRIFT])
     if all(r.psi is None for r in rows):
         notes = sorted({r.note or "PSI not available" for r in rows})
         lines = ["No PSI for any feature: the window is too small.", *notes]
-        return _message_svg("drift-chart", DRIFT_W, 160, lines)
+        return _message_svg("drift-chart", DRIFT_W, DRIFT_MESSAGE_H, lines)
     top = _psi_max(rows)
     height = len(rows) * DRIFT_ROW_H
     content = [*_bands(top, height), *_psi_axis(top, DRIFT_TOP + height)]

@@ -11,7 +11,6 @@ train a rival to it on the same data.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections import deque
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 from gateway.governance import Governor, run_validation, write_csv
 from gateway.ledger.governance import count_feedback
-from gateway.registry import METADATA_FIELDS
+from gateway.registry import METADATA_FIELDS, sha256_file
 from gateway.repository import ARTIFACTS
 from gateway.retraining import (
     AlreadyRunning,
@@ -42,7 +41,7 @@ class GatewayRetrainingHost:
         columns, rows = await asyncio.to_thread(ledger.governance.labelled_inputs, model)
         header = [*columns, "label"]
         await asyncio.to_thread(write_csv, path, header, ([*r.values, r.truth] for r in rows))
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(path.read_bytes()).hexdigest())
+        digest = await asyncio.to_thread(sha256_file, path)
         self._exports[model] = path
         times = [r.created_at for r in rows]
         return Export(len(rows), header, min(times, default=None), max(times, default=None), digest)

@@ -21,6 +21,7 @@ the primary; a copy's recorded latency is that of the call that carried it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -109,6 +110,9 @@ class _Window:
     copies: list[Copy] = field(default_factory=list)
     rows: int = 0
     timer: asyncio.TimerHandle | None = None
+    # With tracing on: the first copy's request context, so that the merged call's span
+    # is its child however the window closes (timer, full, or a copy that did not fit).
+    context: contextvars.Context | None = None
 
 
 class ShadowFanout:
@@ -167,7 +171,8 @@ class ShadowFanout:
             self._flush(where)
             window = None
         if window is None:
-            window = self._windows[where] = _Window(lane, send, copy.key)
+            context = contextvars.copy_context() if self.tracing is not None else None
+            window = self._windows[where] = _Window(lane, send, copy.key, context=context)
             window.timer = asyncio.get_running_loop().call_later(self.window_s, self._flush, where)
         window.copies.append(copy)
         window.rows += copy.rows
@@ -180,10 +185,17 @@ class ShadowFanout:
             return
         if window.timer is not None:
             window.timer.cancel()
-        self._start(where[1], window.lane, window.copies, window.send)
+        self._start(where[1], window.lane, window.copies, window.send, window.context)
 
-    def _start(self, version: str, lane: LaneStats, copies: list[Copy], send: Send) -> None:
-        task = asyncio.create_task(self._run(version, lane, copies, send))
+    def _start(
+        self,
+        version: str,
+        lane: LaneStats,
+        copies: list[Copy],
+        send: Send,
+        context: contextvars.Context | None = None,
+    ) -> None:
+        task = asyncio.create_task(self._run(version, lane, copies, send), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
