@@ -8,8 +8,9 @@ Targets, each started as its own process on 127.0.0.1 port 0:
   gateway-shadow     the same with version 2 (a copy of 1) deployed as a shadow at 1.0
   gateway-no-ledger  the same with --no-record (answers not recorded)
   runner-lgbm-py / runner-lgbm-go  one LightGBM model, Python runner vs the Go runner
-  runner-rf-batch / runner-rf-nobatch  a 100-tree random forest, Python runner, dynamic
-                 batching on (the default) and off (model.yaml runner.max_batch_size: 0)
+  runner-rf-batch / -queued / -nobatch  a 100-tree random forest, Python runner, dynamic
+                 batching by default, with max_queue_delay_us 2000, and off
+                 (model.yaml runner.max_batch_size: 0)
   mlserver       with --peers (`make bench-peers`): MLServer 1.7.1, in its own
                  virtualenv, serving the same joblib LogisticRegression
 Then the ledger's writer alone: rows/s into SQLite (bench/ledger_rate.py), and memory
@@ -76,6 +77,7 @@ from report import (
     FOREST_CONCURRENCY,
     FOREST_OFF,
     FOREST_ON,
+    FOREST_QUEUED,
     GATEWAY,
     INPROCESS,
     LGBM_GO,
@@ -96,7 +98,7 @@ MATRIX = (ECHO, FLOOR, RUNNER, GATEWAY, SHADOW, MLSERVER)
 SIDE = (INPROCESS, NO_LEDGER, LGBM_PY, LGBM_GO)
 SIDE_CONCURRENCIES = (1, 16)
 # Measured only with 1 row at the forest's concurrency (--forest-concurrency).
-FOREST = (FOREST_ON, FOREST_OFF)
+FOREST = (FOREST_ON, FOREST_QUEUED, FOREST_OFF)
 ALL_TARGETS = (*MATRIX, *SIDE, *FOREST)
 # `make bench` runs them all but the peer; `make bench-peers` (--peers) adds it.
 PEERS = (MLSERVER,)
@@ -409,6 +411,9 @@ def _argvs(work: Path) -> dict[str, list[str]]:
         LGBM_PY: [PYTHON, "-m", "runners", *_runner_args(work / "models-lgbm-py", LGBM_NAME)],
         LGBM_GO: [str(GO_RUNNER), *_runner_args(work / "models-lgbm-go", LGBM_NAME)],
         FOREST_ON: [PYTHON, "-m", "runners", *_runner_args(work / "models-rf", FOREST_NAME)],
+        FOREST_QUEUED: [
+            PYTHON, "-m", "runners", *_runner_args(work / "models-rf-queued", FOREST_NAME),
+        ],
         FOREST_OFF: [
             PYTHON, "-m", "runners", *_runner_args(work / "models-rf-nobatch", FOREST_NAME),
         ],
@@ -559,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             ONE: write_payload(work, ONE, 1, LGBM_NAME),
             THOUSAND: write_payload(work, THOUSAND, 1000, LGBM_NAME),
         }
-        train_forest(work / "models-rf", work / "models-rf-nobatch")
+        train_forest(work / "models-rf", work / "models-rf-queued", work / "models-rf-nobatch")
         train_inprocess(work / "models-inprocess")
         forest = {ONE: write_payload(work, ONE, 1, FOREST_NAME)}
         results = Results(meta=_meta(plan, payloads))
