@@ -5,8 +5,11 @@ through any worker runs on the one retrainer."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -21,7 +24,7 @@ from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
 from tests.conftest import GatewayProcess
 from tests.test_gateway import request
 from tests.test_governance import YAML, build, data, send
-from tests.test_workers import channel, infer
+from tests.test_workers import channel, infer, worker_pids
 
 COPY = "import shutil, sys; shutil.copy('next.joblib', sys.argv[2] + '/model.joblib')"
 
@@ -78,5 +81,26 @@ def test_registration_and_retraining_reach_every_worker(tmp_path: Path) -> None:
                 cpb.GetDeploymentRequest(model="m")
             )
             assert [s.version for s in deployment.shadows] == ["3", "4"]
+        # a worker started after the registrations attaches to their runners too
+        killed = worker_pids(gateway)[1]
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while worker_pids(gateway).get(1) in (None, killed) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for ch in per_worker_retrying(gateway.target, x[:2]).values():
+            reply, _ = infer(ch, request("fresh", {"input": x[:2]}, model_version="1"))
+            assert reply.model_version == "1"
     finally:
         gateway.stop()
+
+
+def per_worker_retrying(target: str, x: np.ndarray) -> dict[str, grpc.Channel]:
+    """``per_worker`` for a while: a restarted worker takes connections once it listens."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return per_worker(target, "m", x, "4")
+        except (grpc.RpcError, AssertionError):  # refused, or not listening yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
