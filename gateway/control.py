@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from gateway.decision import Decision, ErrorPair, Guardrails, Pair, Policy, decide
+from gateway.decision import Decision, ErrorPair, Guardrails, Pair, PairCounts, Policy, decide
 from gateway.deployments import Deployment
 from gateway.evaluation import Accumulator, Scored, Task, VersionMetrics, evaluate
 from gateway.ledger import FeedbackResult, LabelledRow, Ledger, LedgerStats, PairedRow
@@ -173,6 +173,18 @@ class ControlPlane:
             accumulator.add(_scored(row, task))
         return {version: a.result() for version, a in accumulators.items()}
 
+    def _pairs(
+        self, model: str, primary: str, candidate: str, task: Task, since: float | None
+    ) -> PairCounts | list[ErrorPair]:
+        """Worker thread: the window's pairs, streamed. A classifier's are only counted (all
+        McNemar and the mSPRT need); a regressor's keep their two errors each."""
+        paired = (
+            _pair(row, task) for row in self.ledger.iter_pairs(model, primary, candidate, since)
+        )
+        if task == "classification":
+            return PairCounts.of(p for p in paired if isinstance(p, Pair))
+        return [p for p in paired if isinstance(p, ErrorPair)]
+
     async def decide(self, model: str, candidate: str, policy: Policy, since_s: float) -> Decision:
         task = self.task(model)
         primary = self.router.deployment(model).primary
@@ -180,9 +192,8 @@ class ControlPlane:
             raise InvalidArgument(f"version {candidate} is already the primary of '{model}'")
         self.router.resolve(model, candidate)  # NOT_FOUND for an unknown version
         since = time.time() - since_s if since_s > 0 else None
-        paired = await asyncio.to_thread(self.ledger.pairs, model, primary, candidate, since)
-        pairs = [p for p in (_pair(row, task) for row in paired) if p is not None]
+        pairs = await asyncio.to_thread(self._pairs, model, primary, candidate, task, since)
         report = await self.report(model, since_s)
         metrics = {v.version: v.metrics for v in report.versions}
         guardrails = Guardrails.from_metrics(metrics[primary], metrics[candidate])
-        return await asyncio.to_thread(decide, task, pairs, guardrails, policy)  # type: ignore[arg-type]
+        return await asyncio.to_thread(decide, task, pairs, guardrails, policy)

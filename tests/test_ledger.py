@@ -256,18 +256,21 @@ def test_a_thousand_row_answer_is_one_record_expanded_on_read(ledger: Ledger) ->
 
 
 def test_a_window_streams_in_chunks_with_every_truth_joined(ledger: Ledger) -> None:
-    """More answers than one read chunk, the truth of a request in another chunk than its
-    first answer: the stream holds exactly what the list holds."""
+    """More answers (and answer pairs) than one read chunk, the truth of a request in
+    another chunk than its first answer: the streams hold exactly what the lists hold."""
     count = 2 * store.READ_CHUNK + 7
     record_all(ledger, [answer(f"r-{i}") for i in range(count)])
-    record_all(ledger, [answer(f"r-{i}", version="v2", role="shadow") for i in range(0, count, 5)])
+    record_all(ledger, [answer(f"r-{i}", version="v2", role="shadow") for i in range(count)])
     ledger.add_feedback("iris", [(f"r-{i}", 0, "setosa") for i in range(0, count, 3)])
     streamed = list(ledger.iter_rows("iris"))
     assert streamed == ledger.rows("iris")
-    assert len(streamed) == count + len(range(0, count, 5))
+    assert len(streamed) == 2 * count
     labelled = {(r.request_id, r.version) for r in streamed if r.truth == "setosa"}
     assert ("r-0", "v2") in labelled and (f"r-{count - 1}", "v1") not in labelled
-    assert len(labelled) == len(range(0, count, 3)) + len(range(0, count, 15))
+    assert len(labelled) == 2 * len(range(0, count, 3))
+    pairs = list(ledger.iter_pairs("iris", "v1", "v2"))
+    assert pairs == ledger.pairs("iris", "v1", "v2")
+    assert [p.request_id for p in pairs] == [f"r-{i}" for i in range(0, count, 3)]
 
 
 def test_failed_answers_hold_the_requests_rows_without_predictions(ledger: Ledger) -> None:

@@ -176,6 +176,13 @@ class Ledger:
 
     # -- deployments --------------------------------------------------------------------
 
+    def iter_pairs(
+        self, model: str, primary: str, candidate: str, since: float | None = None
+    ) -> Iterator[PairedRow]:
+        """``pairs`` as a stream, read in chunks: for windows too big to hold as a list."""
+        self.flush()
+        return self._store.iter_pairs(model, primary, candidate, since)
+
     def save_deployment(
         self,
         model: str,

@@ -137,7 +137,13 @@ class Store:
     def pairs(
         self, model: str, primary: str, candidate: str, since: float | None = None
     ) -> list[PairedRow]:
-        """Rows both versions answered OK and whose truth is known.
+        """Rows both versions answered OK and whose truth is known."""
+        return list(self.iter_pairs(model, primary, candidate, since))
+
+    def iter_pairs(
+        self, model: str, primary: str, candidate: str, since: float | None = None
+    ) -> Iterator[PairedRow]:
+        """``pairs`` as a stream, read ``READ_CHUNK`` answer pairs at a time.
 
         A client may reuse a request id; the latest OK answer of each version then stands,
         so each (request id, row) is paired once. ``since`` applies to the primary's answer.
@@ -147,13 +153,8 @@ class Store:
         a, b = answers.alias("a"), answers.alias("b")
         query = (
             sa.select(
-                a.c.request_id,
-                a.c.rows,
-                a.c.labels,
-                a.c.value_data,
-                b.c.rows,
-                b.c.labels,
-                b.c.value_data,
+                a.c.request_id, a.c.rows, a.c.labels, a.c.value_data,
+                b.c.rows, b.c.labels, b.c.value_data,
             )
             .select_from(
                 latest_a.join(a, a.c.id == latest_a.c.id)
@@ -161,34 +162,13 @@ class Store:
                 .join(b, b.c.id == latest_b.c.id)
             )
             .order_by(a.c.id)
-        )
-        paired: list[PairedRow] = []
+        )  # fmt: skip
         with self.engine.connect() as connection:
-            found = connection.execute(query).all()
-            if not found:
-                return paired
-            truth = _truths(connection, model, sa.select(latest_a.c.request_id))
-        for request_id, a_rows, a_labels, a_values, b_rows, b_labels, b_values in found:
-            known = truth.get(request_id)
-            if not known:
-                continue
-            rows = min(a_rows, b_rows)
-            a_label, a_value = _load_labels(a_labels), _load_values(a_values)
-            b_label, b_value = _load_labels(b_labels), _load_values(b_values)
-            for row in sorted(known):
-                if row < rows:
-                    paired.append(
-                        PairedRow(
-                            request_id,
-                            row,
-                            known[row],
-                            None if a_label is None else a_label[row],
-                            None if a_value is None else a_value[row],
-                            None if b_label is None else b_label[row],
-                            None if b_value is None else b_value[row],
-                        )
-                    )
-        return paired
+            result = connection.execution_options(yield_per=READ_CHUNK).execute(query)
+            for chunk in result.partitions():
+                truth = _truths_of(connection, model, sorted({r[0] for r in chunk}))
+                for found in chunk:
+                    yield from _paired(found, truth.get(found[0]))
 
     # -- feedback ---------------------------------------------------------------------
 
@@ -385,6 +365,25 @@ def _expand(r: sa.Row[*tuple[Any, ...]], truth: dict[int, str]) -> list[Labelled
     ]
 
 
+def _paired(found: sa.Row[*tuple[Any, ...]], known: dict[int, str] | None) -> Iterator[PairedRow]:
+    """One request's rows that both answers cover and that have a truth."""
+    if not known:
+        return
+    request_id, a_rows, a_labels, a_values, b_rows, b_labels, b_values = found
+    rows = min(a_rows, b_rows)
+    a_label, a_value = _load_labels(a_labels), _load_values(a_values)
+    b_label, b_value = _load_labels(b_labels), _load_values(b_values)
+    for row in sorted(known):
+        if row < rows:
+            yield PairedRow(
+                request_id, row, known[row],
+                None if a_label is None else a_label[row],
+                None if a_value is None else a_value[row],
+                None if b_label is None else b_label[row],
+                None if b_value is None else b_value[row],
+            )  # fmt: skip
+
+
 def _latest_ok(model: str, version: str, since: float | None) -> sa.Select[Any]:
     """(request id, id of the version's latest OK answer to it)."""
     a = answers
@@ -396,20 +395,6 @@ def _latest_ok(model: str, version: str, since: float | None) -> sa.Select[Any]:
     if since is not None:
         query = query.where(a.c.created_at >= since)
     return query
-
-
-def _truths(
-    connection: sa.Connection, model: str, request_ids: sa.Select[Any]
-) -> dict[str, dict[int, str]]:
-    """Known truth by request id and row, for the request ids the subquery selects."""
-    f = feedback
-    query = sa.select(f.c.request_id, f.c.row, f.c.truth).where(
-        f.c.model == model, f.c.request_id.in_(request_ids)
-    )
-    truth: dict[str, dict[int, str]] = {}
-    for request_id, row, value in connection.execute(query):
-        truth.setdefault(request_id, {})[row] = value
-    return truth
 
 
 def _truths_of(
