@@ -62,6 +62,7 @@ from gateway.inprocess import InProcessRunner
 from gateway.launch import call_supervisor, settled
 from gateway.ledger import FeedbackResult, Ledger, LedgerStats
 from gateway.metrics import Metrics, refresh_every
+from gateway.monitor import Monitor
 from gateway.policy import AutoPromoter
 from gateway.recording import Recorder
 from gateway.replicas import Backend, ReplicaSet
@@ -577,6 +578,7 @@ class Worker:
     refresher: asyncio.Task[None] | None = None
     tracing: GatewayTracing | None = None
     retrainer: Retrainer | None = None
+    monitor: Monitor | None = None
 
     @classmethod
     async def start(cls, plan: Plan, index: int, plan_path: Path | None = None) -> Worker:
@@ -615,6 +617,9 @@ class Worker:
         governor = Governor(control, launcher, settings)
         governor.announce = peers.reload
         retrainer = start_retrainer(governor) if index == 0 else None
+        monitor = Monitor(governor, metrics) if metrics is not None and index == 0 else None
+        if monitor is not None:  # one worker computes the gauges; the supervisor serves them
+            monitor.start()
         if retrainer is not None:
             peers.on_retrain = functools.partial(retrain_now, retrainer)
         else:
@@ -635,7 +640,7 @@ class Worker:
         log.info("worker serving", port=settings.port, pid=os.getpid())
         return cls(
             settings, index, server, runners, ledger, shadows, peers, promoter, follower,
-            health_servicer, metrics, refresher, tracing, retrainer,
+            health_servicer, metrics, refresher, tracing, retrainer, monitor,
         )  # fmt: skip
 
     async def stop(self) -> None:

@@ -23,7 +23,7 @@ from greenroom_proto.greenroom.v1 import control_pb2 as cpb
 from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
 from tests.conftest import GatewayProcess
 from tests.test_gateway import request
-from tests.test_governance import YAML, build, data, send
+from tests.test_governance import YAML, build, data, send, wait_for_gauge
 from tests.test_workers import channel, infer, worker_pids
 
 COPY = "import shutil, sys; shutil.copy('next.joblib', sys.argv[2] + '/model.joblib')"
@@ -66,6 +66,8 @@ def test_registration_and_retraining_reach_every_worker(tmp_path: Path) -> None:
             send(client, x[:200], y[:200], control)
             assert control.register("m", strong)["version"] == "2"
             assert control.register("fresh", strong)["version"] == "1"
+        # worker 0 computes the gauges, the supervisor serves them
+        assert wait_for_gauge(gateway.metrics_url, 'greenroom_accuracy{model="m",version="1"}')
         per_worker(gateway.target, "m", x[:2], "2")
         per_worker(gateway.target, "fresh", x[:2], "1")
         workers = per_worker(gateway.target, "m", x[:2], "1")
