@@ -35,7 +35,7 @@ from gateway.launch import Launcher
 from gateway.ledger.records import JournalEntry, Reference, VersionRecord
 from gateway.prediction import Predict
 from gateway.replicas import Backend
-from gateway.repository import ARTIFACTS, ModelEntry, VersionEntry, fingerprint, version_key
+from gateway.repository import ARTIFACTS, ModelEntry, VersionEntry, version_key
 from gateway.settings import GatewaySettings
 from gateway.validation import ValidationResult, load_checks, validate
 from greenroom_client.errors import FailedPrecondition, InvalidArgument
@@ -246,7 +246,7 @@ class Governor:
         staged = await asyncio.to_thread(registry.stage, entry, version, filename, data)
         version_entry = VersionEntry(
             entry.name, staged.version, staged.directory, ARTIFACTS[staged.artifact.name],
-            await asyncio.to_thread(fingerprint, staged.directory),
+            staged.sha256,
         )  # fmt: skip
         try:
             backend = await self.launcher.launch(entry, version_entry)

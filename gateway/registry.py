@@ -41,14 +41,6 @@ METADATA_FIELDS = {"data", "code_ref", "parameters", "metrics", "parent", "autho
                    "framework", "framework_version"}  # fmt: skip
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def artifact_file(entry: VersionEntry) -> Path:
     name = next(name for name, kind in ARTIFACTS.items() if kind == entry.kind)
     return entry.path / name
@@ -195,8 +187,7 @@ def reconcile(models: dict[str, ModelEntry], ledger: Ledger) -> list[str]:
         for version, entry in list(model.versions.items()):
             if entry.kind == "external":
                 continue  # no artifact of ours to fingerprint
-            artifact = artifact_file(entry)
-            digest = sha256_file(artifact)
+            artifact, digest = artifact_file(entry), entry.sha256
             known = ledger.governance.version(model.name, version)
             if known is None:
                 runner = runner_name(model, entry)
@@ -223,13 +214,3 @@ def _refuse(model: ModelEntry, version: str, registered: str, found: str) -> Mod
         # The primary is gone: the highest intact version answers until a deployment says.
         return dataclasses.replace(model, primary=max(model.versions, key=version_key))
     return model
-
-
-def require_intact(entry: VersionEntry, known: VersionRecord | None) -> None:
-    if known is not None and entry.kind != "external":
-        digest = sha256_file(artifact_file(entry))
-        if digest != known.sha256:
-            raise FailedPrecondition(
-                f"version {entry.version} of '{entry.model}': artifact bytes changed since "
-                "registration"
-            )

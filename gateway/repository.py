@@ -1,9 +1,9 @@
 """The model repository on disk: ``<repo>/<name>/<version>/<artifact>`` plus model.yaml.
 
 The artifact picks the runner: model.onnx (ONNX Runtime), model.joblib (scikit-learn),
-model.py (custom Python) or runner.yaml (an external V2 server, no process). A version
-directory is fingerprinted (sha256 over its files) when scanned, so the registry can
-later tell whether what is served is what was recorded.
+model.py (custom Python) or runner.yaml (an external V2 server, no process). The
+artifact's sha256 is taken when it is scanned, so that the registry (gateway.registry)
+can tell whether what is served is what was recorded.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class VersionEntry:
     version: str
     path: Path
     kind: ArtifactKind
-    sha256: str
+    sha256: str  # of the artifact file (runner.yaml for an external runner)
     external: ExternalRunner | None = None
 
 
@@ -58,13 +58,11 @@ def version_key(version: str) -> tuple[int, int, str]:
     return (1, int(version), "") if version.isdigit() else (0, 0, version)
 
 
-def fingerprint(directory: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -76,7 +74,8 @@ def _version_entry(model: str, directory: Path) -> VersionEntry | None:
         return None
     kind = ARTIFACTS[present[0]]
     external = load_external_runner(directory) if kind == "external" else None
-    return VersionEntry(model, directory.name, directory, kind, fingerprint(directory), external)
+    digest = sha256_file(directory / present[0])
+    return VersionEntry(model, directory.name, directory, kind, digest, external)
 
 
 def load_model(directory: Path) -> ModelEntry:

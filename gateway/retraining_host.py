@@ -18,8 +18,8 @@ from typing import Any
 
 from gateway.governance import Governor, run_validation, write_csv
 from gateway.ledger.governance import count_feedback
-from gateway.registry import METADATA_FIELDS, sha256_file
-from gateway.repository import ARTIFACTS
+from gateway.registry import METADATA_FIELDS
+from gateway.repository import ARTIFACTS, sha256_file
 from gateway.retraining import (
     AlreadyRunning,
     Export,
