@@ -1,7 +1,8 @@
 """Governance commands of the ``greenroom`` CLI: registry, drift, validation, retraining.
 
     greenroom register MODEL --artifact PATH [--version V] [--metadata FILE.json]
-                             [--reference FILE.csv] [--reason TEXT]
+                             [--data TRAIN.csv [--time-column C]] [--reference FILE.csv]
+                             [--reason TEXT]
     greenroom versions MODEL [--json]
     greenroom drift MODEL [--version V] [--freeze [--rows N]] [--json]
     greenroom validate MODEL VERSION [--json]
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway import provenance
 from gateway.cli_control import _command, _print, duration
 from greenroom_client.control import ControlClient
 from greenroom_client.errors import InvalidArgument
@@ -55,10 +57,18 @@ def _metadata(path: Path | None) -> dict[str, Any]:
 def cmd_register(args: argparse.Namespace) -> int:
     if not args.artifact.is_file():
         raise InvalidArgument(f"{args.artifact}: no such file")
+    metadata = _metadata(args.metadata)
+    reference: Path | str | None = args.reference
+    if args.data is not None:
+        metadata.setdefault("data", provenance.data_fingerprint(args.data, args.time_column))
+        if reference is None:  # drift's reference: the training data itself
+            reference = provenance.without_column(args.data, args.time_column)
+    if "code_ref" not in metadata:
+        metadata["code_ref"] = provenance.code_ref(args.artifact.resolve().parent)
     with ControlClient(args.target, timeout=300.0) as control:
         body = control.register(
             args.model, args.artifact, version=args.version or "",
-            metadata=_metadata(args.metadata), reference_csv=args.reference, reason=args.reason,
+            metadata=metadata, reference_csv=reference, reason=args.reason,
         )  # fmt: skip
     return _print(body, args.json, lambda v: f"registered {args.model}\n{_version_text(v)}")
 
@@ -151,6 +161,11 @@ def register(sub: Any) -> None:
     reg.add_argument("--version", default=None)
     reg.add_argument("--metadata", type=Path, default=None, metavar="FILE.json")
     reg.add_argument("--reference", type=Path, default=None, metavar="FILE.csv")
+    reg.add_argument(
+        "--data", type=Path, default=None, metavar="TRAIN.csv",
+        help="the training data: its fingerprint is recorded, and it is the drift reference",
+    )  # fmt: skip
+    reg.add_argument("--time-column", default=None, help="with --data: the column of times")
     reg.add_argument("--reason", default="")
     _command(sub, "versions", "the registry: every version and its provenance", cmd_versions)
     drift = _command(sub, "drift", "per-feature drift of live inputs", cmd_drift)

@@ -4,6 +4,7 @@ validation gate, on a real gateway with real runners."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from gateway import provenance
 from greenroom_client import Client
 from greenroom_client.control import ControlClient
 from greenroom_client.errors import AlreadyExists, FailedPrecondition, InvalidArgument
@@ -223,13 +225,48 @@ def test_register_creates_a_model_the_gateway_did_not_serve(tmp_path: Path, stro
             assert client.infer("fresh", {"input": x}).version == "1"
             assert control.deployment("fresh")["primary"] == "1"
             assert [e["kind"] for e in control.history("fresh")] == ["registration"]
+        # --data: the training data's fingerprint is computed, and it is drift's reference
+        x, y = data(600, 7)
+        train = tmp_path / "train.csv"
+        lines = ["a,b,c,ts,label"] + [
+            f"{r[0]:.6f},{r[1]:.6f},{r[2]:.6f},2026-11-{1 + i % 20:02d},{y[i]}"
+            for i, r in enumerate(x)
+        ]  # fmt: skip
+        train.write_text("\n".join(lines) + "\n")
+        body = cli_json("register", "fresh", "--artifact", str(strong), "--data", str(train),
+                        "--time-column", "ts", "--target", gateway.target)  # fmt: skip
+        fingerprint = body["data"]
+        assert fingerprint["rows"] == 600 and fingerprint["file"] == "train.csv"
+        assert fingerprint["time_range"] == ["2026-11-01", "2026-11-20"]
+        assert {c["name"]: c["type"] for c in fingerprint["columns"]}["ts"] == "categorical"
+        with ControlClient(gateway.target) as control:
+            drift = control.drift("fresh", "2")  # a reference without the time column
+            assert [f["feature"] for f in drift["features"]] == ["a", "b", "c"]
     finally:
         gateway.stop()
     # after a restart it is an ordinary model of the repository
     gateway = GatewayProcess(repo, tmp_path / "data")
     try:
         with ControlClient(gateway.target) as control:
-            assert [v["version"] for v in control.versions("fresh")] == ["1"]
-            assert [e["kind"] for e in control.history("fresh")] == ["registration"]
+            assert sorted(v["version"] for v in control.versions("fresh")) == ["1", "2"]
+            kinds = [e["kind"] for e in control.history("fresh")]
+            assert kinds == ["registration", "registration", "reference"]
     finally:
         gateway.stop()
+
+
+def test_code_ref_is_the_commit_and_says_dirty(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        return done.stdout.strip()
+
+    assert provenance.code_ref(tmp_path) is None  # not a repository
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("print('train')\n")
+    git("add", "train.py")
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "first")
+    head = git("rev-parse", "HEAD")
+    assert provenance.code_ref(tmp_path) == head
+    (tmp_path / "train.py").write_text("print('changed')\n")
+    assert provenance.code_ref(tmp_path) == head + "-dirty"

@@ -147,7 +147,11 @@ class Governance:
         return None if r is None else _record(r)
 
     def versions(self, model: str) -> list[VersionRecord]:
-        query = sa.select(versions).where(versions.c.model == model)
+        query = (
+            sa.select(versions)
+            .where(versions.c.model == model)
+            .order_by(versions.c.registered_at, versions.c.version)
+        )
         with self.engine.connect() as connection:
             return [_record(r) for r in connection.execute(query)]
 

@@ -130,6 +130,12 @@ def _batches(items: Iterable[tuple[str, int, str]], model: str) -> Iterable[cpb.
         yield batch
 
 
+def _text(csv_file: str | Path | None) -> str:
+    if csv_file is None:
+        return ""
+    return csv_file.read_text() if isinstance(csv_file, Path) else csv_file
+
+
 class ControlClient(SyncChannel):
     """Synchronous client of the control services; ``timeout`` is every call's deadline."""
 
@@ -246,12 +252,13 @@ class ControlClient(SyncChannel):
         reason: str = "",
     ) -> dict[str, Any]:
         """Add a version from an artifact file (.onnx, .joblib or .py) and its provenance;
-        ``reference_csv``: drift's reference sample for it (a CSV file with a header)."""
+        ``reference_csv``: drift's reference sample for it, a CSV file (a Path) or its text
+        (a str), with a header."""
         path = Path(artifact)
         request = cpb.RegisterRequest(
             model=model, version=version, artifact_name=path.name, artifact=path.read_bytes(),
             metadata_json=json.dumps(dict(metadata or {})), reason=reason,
-            reference_csv=Path(reference_csv).read_text() if reference_csv else "",
+            reference_csv=_text(reference_csv),
         )  # fmt: skip
         return message_dict(self._call(self._governance.Register, request))
 
