@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,9 @@ from gateway.settings import GatewaySettings
 from gateway.validation import ValidationResult, load_checks, validate
 from greenroom_client.errors import FailedPrecondition, InvalidArgument
 from runners.config import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.retraining import Retrainer
 
 log = structlog.get_logger(__name__)
 
@@ -185,7 +188,7 @@ class Governor:
         self.forward_retrain: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
         self.settings = settings
         self.target: str | None = None  # the gateway's address, for model test programs
-        self.retrainer: Any = None  # gateway.retraining.Retrainer, when a model has a policy
+        self.retrainer: Retrainer | None = None  # when a model has a retraining policy
         control.gate = functools.partial(require_validation, self)
 
     # ---- journal ----------------------------------------------------------------------
@@ -304,7 +307,7 @@ class Governor:
         version = version or self.router.deployment(model).primary
         self.router.resolve(model, version)
         limit = rows or entry.config.monitoring.drift_window
-        self.ledger.flush()
+        await asyncio.to_thread(self.ledger.flush)
         columns, live = await asyncio.to_thread(self.ledger.governance.recent_inputs, model, limit)
         if not live:
             raise FailedPrecondition(
