@@ -9,17 +9,15 @@ or InvalidArgument saying why the artifact does not load, with nothing left runn
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-import grpc
-
+from gateway import local_rpc
 from gateway.replicas import Backend
 from gateway.repository import ModelEntry, VersionEntry
 from gateway.settings import GatewaySettings
 from gateway.supervisor import Fleet
-from greenroom_client.errors import InvalidArgument, Unavailable
+from greenroom_client.errors import InvalidArgument
 
 SUPERVISOR_SERVICE = "greenroom.internal.Supervisor"
 
@@ -59,16 +57,6 @@ class FleetLauncher:
         await backend.stop()
 
 
-async def call_supervisor(socket: Path, method: str, body: dict[str, str]) -> dict[str, str]:
-    """One JSON call on the supervisor's socket; its ``error`` becomes InvalidArgument."""
-    async with grpc.aio.insecure_channel(f"unix:{socket}") as channel:
-        try:
-            reply: bytes = await channel.unary_unary(f"/{SUPERVISOR_SERVICE}/{method}")(
-                json.dumps(body).encode()
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"the gateway's supervisor did not answer: {exc.details()}") from None
-    answer: dict[str, str] = json.loads(reply)
-    if "error" in answer:
-        raise InvalidArgument(answer["error"])
-    return answer
+async def call_supervisor(socket: Path, method: str, body: dict[str, str]) -> dict[str, Any]:
+    """One call on the supervisor's socket (gateway.workers.SupervisorEndpoint)."""
+    return await local_rpc.call(socket, SUPERVISOR_SERVICE, method, body)

@@ -10,46 +10,36 @@ drift gauge; a failed check is logged and the schedule goes on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import structlog
 
 from gateway.governance import Governor
 from gateway.metrics import Metrics
+from gateway.periodic import Periodic, Sleep
 from greenroom_client.errors import FailedPrecondition
 
 log = structlog.get_logger(__name__)
 
 ACCURACY_WINDOW_S = 3600.0
 
-Sleep = Callable[[float], Awaitable[None]]
 
+class Monitor(Periodic):
+    what = "monitoring check"
+    wait_first = False
 
-class Monitor:
     def __init__(self, governor: Governor, metrics: Metrics, sleep: Sleep = asyncio.sleep) -> None:
+        super().__init__(sleep)
         self.governor = governor
         self.metrics = metrics
-        self.sleep = sleep
-        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        for name, entry in self.governor.router.models.items():
-            if entry.config.monitoring.input_sample_rate > 0:
-                self._tasks.append(asyncio.create_task(self._loop(name), name=f"monitor {name}"))
+        models = self.governor.router.models
+        self.start_for(
+            name for name, entry in models.items() if entry.config.monitoring.input_sample_rate > 0
+        )
 
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _loop(self, model: str) -> None:
-        interval = self.governor.router.model(model).config.monitoring.check_interval_s
-        while True:
-            try:
-                await self.check(model)
-            except Exception:  # a failed check must not end the schedule
-                log.exception("monitoring check failed", model=model)
-            await self.sleep(interval)
+    def interval(self, model: str) -> float:
+        return self.governor.router.model(model).config.monitoring.check_interval_s
 
     async def check(self, model: str) -> None:
         report = await self.governor.control.report(model, ACCURACY_WINDOW_S)

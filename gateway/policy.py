@@ -10,42 +10,29 @@ Off by default: a team that wants a human in the loop runs ``greenroom decide`` 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import structlog
 
 from gateway.control import ControlPlane
 from gateway.decision import Policy
+from gateway.periodic import Periodic, Sleep
 
 log = structlog.get_logger(__name__)
 
-Sleep = Callable[[float], Awaitable[None]]
 
+class AutoPromoter(Periodic):
+    what = "promotion check"
 
-class AutoPromoter:
     def __init__(self, control: ControlPlane, sleep: Sleep = asyncio.sleep) -> None:
+        super().__init__(sleep)
         self.control = control
-        self.sleep = sleep
-        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        for name, model in self.control.router.models.items():
-            if model.config.promotion.auto:
-                self._tasks.append(asyncio.create_task(self._loop(name)))
+        models = self.control.router.models
+        self.start_for(name for name, model in models.items() if model.config.promotion.auto)
 
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _loop(self, model: str) -> None:
-        interval = self.control.router.model(model).config.promotion.interval_s
-        while True:
-            await self.sleep(interval)
-            try:
-                await self.check(model)
-            except Exception:  # a failed check must not end the schedule
-                log.exception("promotion check failed", model=model)
+    def interval(self, model: str) -> float:
+        return self.control.router.model(model).config.promotion.interval_s
 
     async def check(self, model: str) -> str | None:
         """One round: the version promoted, or None."""

@@ -53,7 +53,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from gateway import logs
+from gateway import local_rpc, logs
 from gateway.control import ControlPlane, Report
 from gateway.decision import Decision, Policy
 from gateway.deployments import Deployment
@@ -80,7 +80,7 @@ from gateway.supervisor import (
     RunnerState,
     StartupFailed,
 )
-from greenroom_client.errors import FailedPrecondition, GreenroomError, Unavailable, from_status
+from greenroom_client.errors import FailedPrecondition, GreenroomError, Unavailable
 
 if TYPE_CHECKING:
     from gateway.tracing import GatewayTracing
@@ -254,10 +254,6 @@ class PeerState:
     shadow_drops: dict[str, int]
 
 
-def _unary(fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]) -> Any:
-    return grpc.unary_unary_rpc_method_handler(fn)  # bytes in, bytes out (JSON)
-
-
 class Peers:
     """This worker's private endpoint and its channels to the others.
 
@@ -282,42 +278,25 @@ class Peers:
         sync: Callable[[str], Awaitable[PeerState]],
         reload: Callable[[], Awaitable[None]],
     ) -> None:
-        async def on_sync(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
-            state = await sync(str(json.loads(request or b"{}").get("model", "")))
-            return json.dumps(dataclasses.asdict(state)).encode()
+        async def on_sync(body: dict[str, Any]) -> dict[str, Any]:
+            return dataclasses.asdict(await sync(str(body.get("model", ""))))
 
-        async def on_reload(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
+        async def on_reload(_: dict[str, Any]) -> dict[str, Any]:
             await reload()
-            return b"{}"
+            return {}
 
-        async def on_retrain(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
-            body = json.loads(request)
+        async def on_retrain(body: dict[str, Any]) -> dict[str, Any]:
             if self.on_retrain is None:
-                return json.dumps({"code": "FAILED_PRECONDITION", "error": "no retrainer"}).encode()
+                return local_rpc.failure(FailedPrecondition("this worker runs no retrainer"))
             try:
-                outcome = await self.on_retrain(body["model"], body["reason"])
+                return {"outcome": await self.on_retrain(body["model"], body["reason"])}
             except GreenroomError as exc:
-                return json.dumps({"code": exc.code, "error": exc.message}).encode()
-            return json.dumps({"outcome": outcome}).encode()
+                return local_rpc.failure(exc)
 
-        with contextlib.suppress(FileNotFoundError):
-            self.own.unlink()  # left by the process this one replaces
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    PEER_SERVICE,
-                    {
-                        "Sync": _unary(on_sync),
-                        "Reload": _unary(on_reload),
-                        "Retrain": _unary(on_retrain),
-                    },
-                ),
-            )
-        )
-        server.add_insecure_port(f"unix:{self.own}")
-        await server.start()
-        self._server = server
+        handlers: dict[str, local_rpc.Handler] = {
+            "Sync": on_sync, "Reload": on_reload, "Retrain": on_retrain,
+        }  # fmt: skip
+        self._server = await local_rpc.serve(self.own, PEER_SERVICE, handlers)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -381,10 +360,7 @@ class Peers:
         reply = await self._call(self.first, "Retrain", {"model": model, "reason": reason}, None)
         if reply is None:
             raise Unavailable("the worker that runs retraining did not answer")
-        body = json.loads(reply)
-        if "error" in body:
-            raise from_status(body["code"], body["error"])
-        outcome: dict[str, Any] = body["outcome"]
+        outcome: dict[str, Any] = local_rpc.raise_failure(json.loads(reply))["outcome"]
         return outcome
 
     async def reload(self) -> None:

@@ -43,20 +43,18 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
-import json
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import structlog
 
-from gateway import registry
+from gateway import local_rpc, registry
 from gateway.inprocess import InProcessRunner
 from gateway.launch import SUPERVISOR_SERVICE, settled
 from gateway.metrics import (
@@ -73,7 +71,7 @@ from gateway.server import LISTENING, open_ledger
 from gateway.settings import GatewaySettings
 from gateway.supervisor import Fleet, Runner, StartupFailed
 from gateway.worker import WORKER_LISTENING, Attachment, Plan
-from greenroom_client.errors import GreenroomError
+from greenroom_client.errors import GreenroomError, InvalidArgument
 from runners.config import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -307,36 +305,38 @@ class SupervisorEndpoint:
         self._server: grpc.aio.Server | None = None
 
     async def serve(self, socket_path: Path) -> None:
-        def unary(fn: Callable[[dict[str, str]], Awaitable[dict[str, str]]]) -> Any:
-            async def handle(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
-                try:
-                    answer = await fn(json.loads(request))
-                except (ConfigError, GreenroomError, StartupFailed) as exc:
-                    answer = {"error": str(exc)}
-                return json.dumps(answer).encode()
+        handlers: dict[str, local_rpc.Handler] = {
+            "Start": self._answering(self.start_version),
+            "Drop": self._answering(self.drop_version),
+        }
+        self._server = await local_rpc.serve(socket_path, SUPERVISOR_SERVICE, handlers)
 
-            return grpc.unary_unary_rpc_method_handler(handle)
+    @staticmethod
+    def _answering(fn: local_rpc.Handler) -> local_rpc.Handler:
+        """A runner that cannot start is the registering worker's answer, not a crash."""
 
-        server = grpc.aio.server()
-        handlers = {"Start": unary(self.start_version), "Drop": unary(self.drop_version)}
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SUPERVISOR_SERVICE, handlers),)
-        )
-        server.add_insecure_port(f"unix:{socket_path}")
-        await server.start()
-        self._server = server
+        async def handle(body: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return await fn(body)
+            except GreenroomError as exc:
+                return local_rpc.failure(exc)
+            except (ConfigError, StartupFailed) as exc:
+                return local_rpc.failure(InvalidArgument(str(exc)))
+
+        return handle
 
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop(1.0)
 
-    async def start_version(self, body: dict[str, str]) -> dict[str, str]:
+    async def start_version(self, body: dict[str, Any]) -> dict[str, Any]:
         name, version = body["model"], body["version"]
         async with self._lock:
             fresh = await asyncio.to_thread(load_model, self.settings.repo / name)
             entry = fresh.versions.get(version)
             if entry is None:
-                return {"error": f"{self.settings.repo / name / version} is not a servable version"}
+                where = self.settings.repo / name / version
+                raise InvalidArgument(f"{where} is not a servable version")
             model = self.plan.models.get(name) or dataclasses.replace(
                 fresh, versions={}, primary=version
             )
@@ -352,7 +352,7 @@ class SupervisorEndpoint:
         log.info("runner added", model=name, version=version, kind=how.kind)
         return {"kind": how.kind}
 
-    async def drop_version(self, body: dict[str, str]) -> dict[str, str]:
+    async def drop_version(self, body: dict[str, Any]) -> dict[str, Any]:
         name, version = body["model"], body["version"]
         async with self._lock:
             backend = self.supervised.runners.pop((name, version), None)

@@ -24,26 +24,9 @@ from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
 from tests.conftest import GatewayProcess
 from tests.test_gateway import request
 from tests.test_governance import YAML, build, data, send, wait_for_gauge
-from tests.test_workers import channel, infer, worker_pids
+from tests.test_workers import infer, one_channel_per_worker, worker_pids
 
 COPY = "import shutil, sys; shutil.copy('next.joblib', sys.argv[2] + '/model.joblib')"
-
-
-def per_worker(target: str, model: str, x: np.ndarray, version: str) -> dict[str, grpc.Channel]:
-    """Fresh connections until both workers answered ``version``: index -> channel."""
-    found: dict[str, grpc.Channel] = {}
-    for _ in range(100):
-        ch = channel(target)
-        reply, worker = infer(ch, request(model, {"input": x}, model_version=version))
-        assert reply.model_version == version
-        index = worker.split("/")[0]
-        if index in found:
-            ch.close()
-            continue
-        found[index] = ch
-        if len(found) == 2:
-            return found
-    raise AssertionError(f"100 connections all went to worker(s) {sorted(found)}")
 
 
 def retrain(ch: grpc.Channel, model: str) -> cpb.RetrainResult:
@@ -68,9 +51,9 @@ def test_registration_and_retraining_reach_every_worker(tmp_path: Path) -> None:
             assert control.register("fresh", strong)["version"] == "1"
         # worker 0 computes the gauges, the supervisor serves them
         assert wait_for_gauge(gateway.metrics_url, 'greenroom_accuracy{model="m",version="1"}')
-        per_worker(gateway.target, "m", x[:2], "2")
-        per_worker(gateway.target, "fresh", x[:2], "1")
-        workers = per_worker(gateway.target, "m", x[:2], "1")
+        one_channel_per_worker(gateway.target, x[:2], "m", "2")
+        one_channel_per_worker(gateway.target, x[:2], "fresh", "1")
+        workers = one_channel_per_worker(gateway.target, x[:2], "m", "1")
         # worker 1 hands `retrain` to worker 0, which runs the one retrainer
         first = retrain(workers["1"], "m")
         assert (first.outcome, first.version) == ("deployed", "3"), first
@@ -101,7 +84,7 @@ def per_worker_retrying(target: str, x: np.ndarray) -> dict[str, grpc.Channel]:
     deadline = time.monotonic() + 60
     while True:
         try:
-            return per_worker(target, "m", x, "4")
+            return one_channel_per_worker(target, x, "m", "4")
         except (grpc.RpcError, AssertionError):  # refused, or not listening yet
             if time.monotonic() > deadline:
                 raise

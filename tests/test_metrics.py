@@ -32,6 +32,7 @@ from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import GREENROOM, GatewayProcess
 from tests.test_gateway import request
+from tests.test_workers import worker_pids
 
 # Two versions of one model: each labels a row by the sign of one column, and fails
 # (INTERNAL, from the runner) on a row holding FAIL.
@@ -322,20 +323,6 @@ def test_a_taken_metrics_port_stops_the_gateway(models: Path, tmp_path: Path) ->
 
 
 # ---- --workers N ----------------------------------------------------------------------------
-
-
-def worker_pids(gateway: GatewayProcess) -> dict[int, int]:
-    import psutil  # noqa: PLC0415
-
-    pids = {}
-    for child in psutil.Process(gateway.pid).children():
-        try:
-            cmd = child.cmdline()
-        except psutil.NoSuchProcess:
-            continue
-        if "gateway.worker" in cmd:
-            pids[int(cmd[cmd.index("--index") + 1])] = child.pid
-    return pids
 
 
 def test_workers_metrics_are_served_once_and_summed(models: Path, tmp_path: Path) -> None:

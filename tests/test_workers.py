@@ -63,12 +63,17 @@ def worker_pids(gateway: GatewayProcess) -> dict[int, int]:
     return pids
 
 
-def one_channel_per_worker(target: str, x: np.ndarray) -> dict[str, grpc.Channel]:
-    """Fresh connections until each worker holds one: worker index -> channel."""
+def one_channel_per_worker(
+    target: str, x: np.ndarray, model: str = "churn", version: str = ""
+) -> dict[str, grpc.Channel]:
+    """Fresh connections until each worker holds one: worker index -> channel. With a
+    ``version``, every answer must come from it."""
     found: dict[str, grpc.Channel] = {}
     for _ in range(100):
         ch = channel(target)
-        index = infer(ch, request("churn", {"input": x[:1]}))[1].split("/")[0]
+        reply, worker = infer(ch, request(model, {"input": x[:1]}, model_version=version))
+        assert not version or reply.model_version == version
+        index = worker.split("/")[0]
         if index in found:
             ch.close()
             continue

@@ -138,7 +138,7 @@ class Governance:
                     f"version {record.version} of '{record.model}' is already registered"
                 )
             connection.execute(versions.insert().values(**params))
-            self._append(connection, record.model, entry)
+            append(connection, record.model, entry)
 
     def version(self, model: str, version: str) -> VersionRecord | None:
         query = sa.select(versions).where(versions.c.model == model, versions.c.version == version)
@@ -174,7 +174,7 @@ class Governance:
                     created_at=reference.created_at,
                 )
             )
-            self._append(connection, reference.model, entry)
+            append(connection, reference.model, entry)
 
     def reference(self, model: str, version: str) -> Reference | None:
         r = reference_samples
@@ -192,21 +192,7 @@ class Governance:
 
     def append(self, model: str, entry: JournalEntry) -> None:
         with self.engine.begin() as connection:
-            self._append(connection, model, entry)
-
-    @staticmethod
-    def _append(connection: sa.Connection, model: str, entry: JournalEntry) -> None:
-        connection.execute(
-            journal.insert().values(
-                model=model,
-                at=entry.at,
-                kind=entry.kind,
-                version=entry.version,
-                reason=entry.reason,
-                actor=entry.actor,
-                details=json.dumps(entry.details, sort_keys=True, default=str),
-            )
-        )
+            append(connection, model, entry)
 
     def entries(self, model: str, kinds: Sequence[str] = ()) -> list[JournalEntry]:
         j = journal
@@ -218,6 +204,22 @@ class Governance:
                 JournalEntry(r.at, r.kind, r.version, r.reason, r.actor, json.loads(r.details))
                 for r in connection.execute(query)
             ]
+
+
+def append(connection: sa.Connection, model: str, entry: JournalEntry) -> None:
+    """One journal entry, inside the caller's transaction (a deployment change, a
+    registration): the change and its entry are written together or not at all."""
+    connection.execute(
+        journal.insert().values(
+            model=model,
+            at=entry.at,
+            kind=entry.kind,
+            version=entry.version,
+            reason=entry.reason,
+            actor=entry.actor,
+            details=json.dumps(entry.details, sort_keys=True, default=str),
+        )
+    )
 
 
 def _record(r: sa.Row[Any]) -> VersionRecord:

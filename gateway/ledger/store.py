@@ -21,14 +21,16 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.ledger import migrate
+from gateway.ledger.governance import append as append_journal
 from gateway.ledger.records import (
     Answer,
     FeedbackResult,
     HistoryEntry,
+    JournalEntry,
     LabelledRow,
     PairedRow,
 )
-from gateway.ledger.schema import answers, deployment_history, deployments, feedback, journal
+from gateway.ledger.schema import answers, deployment_history, deployments, feedback
 
 # How long a SQLite writer waits for another connection's lock before the driver raises.
 SQLITE_BUSY_TIMEOUT_S = 5.0
@@ -222,12 +224,8 @@ class Store:
                     model=model, at=now, spec=text, reason=reason, actor=actor
                 )
             )
-            connection.execute(
-                journal.insert().values(
-                    model=model, at=now, kind=kind, version=version,
-                    reason=reason, actor=actor, details=text,
-                )
-            )  # fmt: skip
+            entry = JournalEntry(now, kind, version, reason, actor, spec)
+            append_journal(connection, model, entry)
 
     def deployment(self, model: str) -> dict[str, Any] | None:
         query = sa.select(deployments.c.spec).where(deployments.c.model == model)
