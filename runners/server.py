@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import grpc
 import numpy as np
 import structlog
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,6 +57,7 @@ from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from runners.batching import INTERNAL_MESSAGE, Batcher, default_max_batch_size
 from runners.config import RunnerOptions, load_model_config
+from runners.lane import STATUS_OK, LaneServer
 from runners.model import Arrays, Model, load_model
 
 if TYPE_CHECKING:
@@ -89,6 +91,7 @@ class RunnerSettings(BaseModel):
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
     address: str = Field(min_length=1)
+    lane: Path | None = None
     threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
     parent_pid: int | None = Field(default=None, ge=1)
     log_format: Literal["json", "console"] = "json"
@@ -228,6 +231,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return self._infer(request)
         except Exception as exc:
             raise self._error(exc, request.id) from None
+
+    def lane_answer(self, raw: bytes) -> tuple[int, bytes]:
+        """ModelInfer for the lane (runners.lane): the serialized response with status 0,
+        or the status number and message this runner's gRPC answer would carry."""
+        try:
+            request = pb.ModelInferRequest.FromString(raw)
+        except DecodeError:
+            return grpc.StatusCode.INVALID_ARGUMENT.value[0], b"not a ModelInferRequest"
+        try:
+            return STATUS_OK, self._infer(request).SerializeToString()
+        except Exception as exc:
+            err = self._error(exc, request.id)
+            return _status(err).value[0], err.message.encode()
 
     def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.ServicerContext
@@ -451,6 +467,9 @@ class Runner:
         # ``threads`` may only be known from model.yaml, read after listening: cap high.
         pool_threads = POOL_SPARE + (settings.threads or MAX_THREADS)
         self.server = build_server(self.servicer, self.health, pool_threads)
+        self.lane: LaneServer | None = None
+        if settings.lane is not None:
+            self.lane = LaneServer(settings.lane, self.servicer.lane_answer, MAX_MESSAGE_BYTES)
 
     def _load(self) -> tuple[Model, RunnerOptions]:
         """model.yaml (in the model directory), then the artifact; also the runner options,
@@ -469,6 +488,12 @@ class Runner:
         except RuntimeError as exc:
             log.error("cannot listen", address=self.settings.address, error=str(exc))
             return False
+        if self.lane is not None:
+            try:
+                self.lane.start()
+            except OSError as exc:
+                log.error("cannot listen", lane=str(self.settings.lane), error=str(exc))
+                return False
         _set_health(self.health, self.settings.name, serving=False)
         self.server.start()
         _announce(bound)
@@ -481,24 +506,32 @@ class Runner:
             return EXIT_BIND_FAILED
         loading = _in_daemon_thread(self._load, wakeup)
         if wakeup.wait():  # a stop request before the model loaded
-            self.server.stop(None).wait()
+            self._stop(None)
             return EXIT_OK
         try:
             model, options = loading.result()
         except Exception as exc:
             self.servicer.state = "UNAVAILABLE"
             log.error("model failed to load", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            self.server.stop(None).wait()
+            self._stop(None)
             return EXIT_LOAD_FAILED
         self._start_serving(model, options)
         while not wakeup.wait():
             pass
         log.info("stopping: finishing in-flight calls", grace_s=GRACE_S)
         self.health.enter_graceful_shutdown()
-        self.server.stop(GRACE_S).wait()
+        self._stop(GRACE_S)
         if self.servicer.tracing is not None:
             self.servicer.tracing.shutdown()  # export what is still pending
         return EXIT_OK
+
+    def _stop(self, grace_s: float | None) -> None:
+        """Both servers stop accepting at once; in-flight calls get ``grace_s`` (gRPC's
+        and the lane's in parallel)."""
+        stopped = self.server.stop(grace_s)
+        if self.lane is not None:
+            self.lane.stop(grace_s or 0.0)
+        stopped.wait()
 
     def _start_serving(self, model: Model, options: RunnerOptions) -> None:
         batcher = batcher_for(model, options)
