@@ -100,6 +100,10 @@ class RunnerOptions(BaseModel):
     # versions listed in ``versions`` only, when given (the others get runner processes).
     kind: Literal["process", "inprocess"] = "process"
     versions: list[str] | None = None
+    # inprocess only: run the model on the gateway's event loop, with no thread hand-off,
+    # for models that answer in well under a millisecond. Unset: inline unless threads or
+    # max_queue_delay_us ask for a pool of model threads.
+    inline: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -113,7 +117,20 @@ class RunnerOptions(BaseModel):
             raise ValueError("'versions' lists the versions run in process: set kind: inprocess")
         if self.kind == "inprocess" and self.versions is None and self.instances != 1:
             raise ValueError("'instances' counts runner processes; an inprocess model has none")
+        if self.inline and self.kind != "inprocess":
+            raise ValueError("'inline' runs the model on the gateway's loop: set kind: inprocess")
+        if self.inline and (self.max_queue_delay_us or self.threads > 1):
+            raise ValueError(
+                "'inline' runs one model call at a time and cannot wait for a batch: "
+                "drop threads or max_queue_delay_us, or set inline: false"
+            )
         return self
+
+    def runs_inline(self) -> bool:
+        """Whether an in-process version runs on the gateway's event loop."""
+        if self.inline is not None:
+            return self.inline
+        return self.threads == 1 and not self.max_queue_delay_us
 
     def in_process(self, version: str) -> bool:
         """Whether the gateway runs this version itself (gateway.inprocess)."""

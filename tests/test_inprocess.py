@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -281,7 +282,18 @@ def test_model_yaml_forms(tmp_path: Path) -> None:
     some = ModelConfig.model_validate({"runner": {"kind": "inprocess", "versions": ["2"]}}).runner
     assert some.in_process("2") and not some.in_process("1")
     assert not ModelConfig.model_validate({"runner": {"threads": 2}}).runner.in_process("1")
-    for bad in ("elsewhere", {"versions": ["2"]}, {"kind": "inprocess", "instances": 2}):
+    assert ModelConfig.model_validate({"runner": "inprocess"}).runner.runs_inline()
+    assert not options.runs_inline()  # two model calls at once need a pool
+    delayed = {"kind": "inprocess", "max_batch_size": 8, "max_queue_delay_us": 100}
+    assert not ModelConfig.model_validate({"runner": delayed}).runner.runs_inline()
+    for bad in (
+        "elsewhere",
+        {"versions": ["2"]},
+        {"kind": "inprocess", "instances": 2},
+        {"inline": True},
+        {**delayed, "inline": True},
+        {"kind": "inprocess", "threads": 2, "inline": True},
+    ):
         with pytest.raises(ValueError):
             ModelConfig.model_validate({"runner": bad})
     export_onnx(
@@ -293,8 +305,9 @@ def test_model_yaml_forms(tmp_path: Path) -> None:
 
 
 def test_the_event_loop_runs_while_the_model_computes(tmp_path: Path) -> None:
-    """Model calls run in the runner's pool: the loop keeps ticking, and a call past its
-    deadline is answered DEADLINE_EXCEEDED at once, whatever the model is doing."""
+    """With ``inline: false`` model calls run in the runner's pool: the loop keeps ticking,
+    and a call past its deadline is answered DEADLINE_EXCEEDED at once, whatever the model
+    is doing."""
     x, _ = iris()
     model_dir = tmp_path / "m"
     export_onnx(
@@ -302,6 +315,7 @@ def test_the_event_loop_runs_while_the_model_computes(tmp_path: Path) -> None:
         4,
         model_dir / "1" / "model.onnx",
     )
+    (model_dir / "model.yaml").write_text("runner: {kind: inprocess, inline: false}\n")
     model = load_model(model_dir)
     message = request("m", {"input": x[:3]}, id="e-1").SerializeToString()
 
@@ -337,3 +351,37 @@ def test_the_event_loop_runs_while_the_model_computes(tmp_path: Path) -> None:
         assert runner.reason == "gateway is shutting down"
 
     asyncio.run(scenario())
+
+
+def test_inline_calls_run_on_the_event_loop(tmp_path: Path) -> None:
+    """By default the model runs in the request's handler, on the loop's own thread."""
+    x, _ = iris()
+    model_dir = tmp_path / "m"
+    export_onnx(
+        make_pipeline(LogisticRegression(max_iter=500)).fit(*iris()),
+        4,
+        model_dir / "1" / "model.onnx",
+    )
+    model = load_model(model_dir)
+    message = request("m", {"input": x[:2]}, id="i-1").SerializeToString()
+    threads: list[threading.Thread] = []
+
+    async def scenario() -> bytes:
+        runner = InProcessRunner(model.versions["1"], model.config, GatewaySettings())
+        runner.start()
+        await runner.wait_settled(30)
+        answer = runner._servicer.answer
+
+        def watched(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+            threads.append(threading.current_thread())
+            return answer(request)
+
+        runner._servicer.answer = watched  # type: ignore[method-assign]
+        try:
+            return await runner.infer(message, 5.0)
+        finally:
+            await runner.stop()
+
+    reply = pb.ModelInferResponse.FromString(asyncio.run(scenario()))
+    assert reply.id == "i-1" and outputs(reply)["label"].shape == (2,)
+    assert threads == [threading.main_thread()]
