@@ -54,9 +54,9 @@ class GatewaySettings(BaseSettings):
     # and go as one request of at most shadow_batch_rows rows (gateway.shadow); 0: never.
     shadow_batch_window_ms: float = Field(default=5.0, ge=0)
     shadow_batch_rows: int = Field(default=256, gt=0)
-    # ModelInfer to the runners the gateway starts goes over their lane (runners.lane), a
-    # plain Unix socket without gRPC; off: over their gRPC socket. Tracing uses gRPC.
-    runner_lane: bool = True
+    # ModelInfer to the runners the gateway starts goes over their framed socket
+    # (runners.framed), a plain Unix socket without gRPC; off: over gRPC. Tracing uses gRPC.
+    framed_socket: bool = True
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Prometheus metrics on http://host:metrics_port/metrics (gateway.metrics); 0: any

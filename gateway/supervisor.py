@@ -5,8 +5,9 @@ its grpc.health.v1 status says SERVING and its metadata has been read, and is re
 with exponential backoff when it exits or stops answering health checks. While it is
 not READY, calls fail at once with UNAVAILABLE and the reason: the gateway never waits
 on a dead runner, and one runner's trouble never touches another's. ModelInfer goes to a
-local runner over its lane (runners.lane, gateway.lane) when it has one, the project's
-runners do, and over gRPC otherwise; both answers are translated by ``_translate``.
+local runner over its framed socket (runners.framed, gateway.framed) when it has one (the
+project's runners do), and over gRPC otherwise; both answers are translated by
+``_translate``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.lane import Lane, LaneStatus
+from gateway.framed import FramedClient, FramedStatus
 from gateway.repository import ModelEntry, VersionEntry
 from gateway.settings import GatewaySettings
 from gateway.wire import with_string
@@ -99,7 +100,7 @@ def _specs(tensors: list[TensorDecl] | None, fallback: list[TensorSpec]) -> list
 
 
 def _translate(code: grpc.StatusCode, details: str, where: str, timeout: float) -> GreenroomError:
-    """A runner's answer status (over gRPC or the lane) as the gateway reports it."""
+    """A runner's answer status (over gRPC or the framed socket) as the gateway reports it."""
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return Unavailable(f"{where}: runner is unavailable ({details})")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -135,11 +136,11 @@ class Runner:
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._call: grpc.aio.UnaryUnaryMultiCallable | None = None
-        # The project's own runners also answer ModelInfer on a lane beside their socket.
-        self.lane_path: Path | None = None
-        if settings.runner_lane and settings.tracing == "off" and entry.external is None:
-            self.lane_path = socket_path.with_name(socket_path.name + ".lane")
-        self._lane: Lane | None = None
+        # The project's own runners also answer ModelInfer on a framed socket beside the gRPC one.
+        self.framed_path: Path | None = None
+        if settings.framed_socket and settings.tracing == "off" and entry.external is None:
+            self.framed_path = socket_path.with_name(socket_path.name + ".framed")
+        self._framed: FramedClient | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._in_flight = 0
         self._drainer: asyncio.Task[None] | None = None
@@ -200,7 +201,7 @@ class Runner:
 
         ``after_dispatch`` runs once the call is on its way (shadow copies start there, so
         that they are scheduled behind the primary, never ahead of it)."""
-        call, lane = self._call, self._lane
+        call, framed = self._call, self._framed
         if self.state != RunnerState.READY or call is None:
             raise Unavailable(f"{self.where} is not ready: {self.reason}")
         if self._in_flight >= MAX_IN_FLIGHT:
@@ -209,22 +210,22 @@ class Runner:
         try:
             if self._remote_fields:
                 request += self._remote_fields
-            if lane is not None:
-                pending: Awaitable[bytes] = lane.send(request)
+            if framed is not None:
+                pending: Awaitable[bytes] = framed.send(request)
             elif self._trace_context is None:
                 pending = call(request, timeout=timeout)
             else:
                 pending = call(request, timeout=timeout, metadata=self._trace_context())
             if after_dispatch is not None:
                 after_dispatch()
-            if lane is None:  # grpc keeps the deadline itself
+            if framed is None:  # grpc keeps the deadline itself
                 reply: bytes = await pending
             else:
                 async with asyncio.timeout(timeout):
                     reply = await pending
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc.code(), exc.details() or "", self.where, timeout) from None
-        except LaneStatus as exc:
+        except FramedStatus as exc:
             raise _translate(exc.code, exc.details, self.where, timeout) from None
         except TimeoutError:
             raise DeadlineExceeded(f"{self.where}: no answer within {timeout:.3g}s") from None
@@ -279,7 +280,7 @@ class Runner:
             "--name", self.entry.model,
             "--version", self.entry.version,
             "--address", f"unix:{self.socket_path}",
-            *(["--lane", str(self.lane_path)] if self.lane_path is not None else []),
+            *(["--framed-socket", str(self.framed_path)] if self.framed_path is not None else []),
             "--threads", str(self.config.runner.threads),
             "--parent-pid", str(os.getpid()),
             "--log-format", self.settings.log_format,
@@ -420,13 +421,13 @@ class Runner:
     def _open_channel(self, address: str) -> None:
         self._channel = grpc.aio.insecure_channel(address, options=channel_options(self.settings))
         self._call = self._channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-        if self.lane_path is not None:
-            self._lane = Lane(self.lane_path)
+        if self.framed_path is not None:
+            self._framed = FramedClient(self.framed_path)
 
     async def _close_channel(self) -> None:
-        lane, self._lane = self._lane, None
-        if lane is not None:
-            lane.close()
+        framed, self._framed = self._framed, None
+        if framed is not None:
+            framed.close()
         channel, self._channel, self._call = self._channel, None, None
         if channel is not None:
             await channel.close()

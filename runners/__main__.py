@@ -1,7 +1,7 @@
 """Command line of a runner process; the gateway's supervisor starts one per model version.
 
     python -m runners --model-dir VERSION_DIR --name NAME --version V --address ADDRESS
-                      [--lane PATH] [--threads N] [--parent-pid PID]
+                      [--framed-socket PATH] [--threads N] [--parent-pid PID]
                       [--log-format json|console]
                       [--tracing off|console|otlp] [--tracing-file FILE]
 
@@ -10,9 +10,9 @@ read from VERSION_DIR's parent. Once bound, the runner prints exactly one line t
 ``GREENROOM_RUNNER_LISTENING <address bound>``, then loads the model while health says
 NOT_SERVING. Logs go to stderr (JSON by default). Exit codes: 0 stopped by SIGTERM/SIGINT
 or because the parent died, 2 bad arguments, 3 the model failed to load (the reason is
-logged), 4 the address (or the lane) could not be bound. With ``--lane PATH`` the runner
-also answers ModelInfer on that Unix socket without gRPC (runners.lane): the gateway's
-fast path to the runners it starts.
+logged), 4 the address (or the framed socket) could not be bound. With
+``--framed-socket PATH`` the runner also answers ModelInfer on that Unix socket without
+gRPC (runners.framed): the gateway's fast path to the runners it starts.
 
 Orphans are avoided twice over: on Linux the kernel sends SIGTERM when the parent dies
 (PR_SET_PDEATHSIG), and with ``--parent-pid`` the runner also checks every 0.5 s that the
@@ -49,7 +49,9 @@ def parse_args(argv: list[str] | None = None) -> RunnerSettings:
     parser.add_argument("--version", required=True, help="the version it answers to")
     parser.add_argument("--address", required=True, help="unix:/path.sock or HOST:PORT")
     parser.add_argument(
-        "--lane", type=Path, help="also answer ModelInfer on this Unix socket (runners.lane)"
+        "--framed-socket",
+        type=Path,
+        help="also answer ModelInfer on this Unix socket (runners.framed)",
     )
     parser.add_argument("--threads", type=int, help="model calls at once (default: model.yaml)")
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")

@@ -57,7 +57,7 @@ from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from runners.batching import INTERNAL_MESSAGE, Batcher, default_max_batch_size
 from runners.config import RunnerOptions, load_model_config
-from runners.lane import STATUS_OK, LaneServer
+from runners.framed import STATUS_OK, FramedServer
 from runners.model import Arrays, Model, load_model
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class RunnerSettings(BaseModel):
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
     address: str = Field(min_length=1)
-    lane: Path | None = None
+    framed_socket: Path | None = None
     threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
     parent_pid: int | None = Field(default=None, ge=1)
     log_format: Literal["json", "console"] = "json"
@@ -232,9 +232,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:
             raise self._error(exc, request.id) from None
 
-    def lane_answer(self, raw: bytes) -> tuple[int, bytes]:
-        """ModelInfer for the lane (runners.lane): the serialized response with status 0,
-        or the status number and message this runner's gRPC answer would carry."""
+    def framed_answer(self, raw: bytes) -> tuple[int, bytes]:
+        """ModelInfer for the framed socket (runners.framed): the serialized response with
+        status 0, or the status number and message this runner's gRPC answer would carry."""
         try:
             request = pb.ModelInferRequest.FromString(raw)
         except DecodeError:
@@ -467,9 +467,11 @@ class Runner:
         # ``threads`` may only be known from model.yaml, read after listening: cap high.
         pool_threads = POOL_SPARE + (settings.threads or MAX_THREADS)
         self.server = build_server(self.servicer, self.health, pool_threads)
-        self.lane: LaneServer | None = None
-        if settings.lane is not None:
-            self.lane = LaneServer(settings.lane, self.servicer.lane_answer, MAX_MESSAGE_BYTES)
+        self.framed: FramedServer | None = None
+        if settings.framed_socket is not None:
+            self.framed = FramedServer(
+                settings.framed_socket, self.servicer.framed_answer, MAX_MESSAGE_BYTES
+            )
 
     def _load(self) -> tuple[Model, RunnerOptions]:
         """model.yaml (in the model directory), then the artifact; also the runner options,
@@ -488,11 +490,13 @@ class Runner:
         except RuntimeError as exc:
             log.error("cannot listen", address=self.settings.address, error=str(exc))
             return False
-        if self.lane is not None:
+        if self.framed is not None:
             try:
-                self.lane.start()
+                self.framed.start()
             except OSError as exc:
-                log.error("cannot listen", lane=str(self.settings.lane), error=str(exc))
+                log.error(
+                    "cannot listen", framed_socket=str(self.settings.framed_socket), error=str(exc)
+                )
                 return False
         _set_health(self.health, self.settings.name, serving=False)
         self.server.start()
@@ -527,10 +531,10 @@ class Runner:
 
     def _stop(self, grace_s: float | None) -> None:
         """Both servers stop accepting at once; in-flight calls get ``grace_s`` (gRPC's
-        and the lane's in parallel)."""
+        and the framed socket's in parallel)."""
         stopped = self.server.stop(grace_s)
-        if self.lane is not None:
-            self.lane.stop(grace_s or 0.0)
+        if self.framed is not None:
+            self.framed.stop(grace_s or 0.0)
         stopped.wait()
 
     def _start_serving(self, model: Model, options: RunnerOptions) -> None:

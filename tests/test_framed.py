@@ -1,9 +1,9 @@
-"""The lane (runners.lane, gateway.lane): ModelInfer to a local runner without gRPC.
+"""The framed socket (runners.framed, gateway.framed): ModelInfer to a local runner without gRPC.
 
-Real runner processes with ``--lane``, called over the lane by the gateway's own client
+Real runner processes with ``--framed``, called over the framed socket by the gateway's own client
 and over gRPC, must give the same answers and the same errors; calls that the gateway
-gives up on, runners that die and runners that stop are checked on the lane itself; and a
-real gateway with the lane on and off must answer alike.
+gives up on, runners that die and runners that stop are checked on the framed socket itself; and a
+real gateway with the framed socket on and off must answer alike.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import psutil
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from gateway.lane import Lane, LaneStatus
+from gateway.framed import FramedClient, FramedStatus
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
-from runners.lane import HEADER
+from runners.framed import HEADER
 from tests.conftest import GatewayProcess
 from tests.models import iris
 from tests.runner_fixtures import (
@@ -53,38 +53,38 @@ class Model:
 """
 
 
-def lane_call(path: Path, request: bytes, timeout: float = 10.0) -> bytes:
-    """One call on a fresh Lane, as the gateway makes it."""
+def framed_call(path: Path, request: bytes, timeout: float = 10.0) -> bytes:
+    """One call on a fresh FramedClient, as the gateway makes it."""
 
     async def call() -> bytes:
-        lane = Lane(path)
+        framed = FramedClient(path)
         try:
             async with asyncio.timeout(timeout):
-                return await lane.send(request)
+                return await framed.send(request)
         finally:
-            lane.close()
+            framed.close()
 
     return asyncio.run(call())
 
 
-def lane_status(path: Path, request: bytes) -> LaneStatus:
-    with pytest.raises(LaneStatus) as info:
-        lane_call(path, request)
+def framed_status(path: Path, request: bytes) -> FramedStatus:
+    with pytest.raises(FramedStatus) as info:
+        framed_call(path, request)
     return info.value
 
 
 @pytest.fixture(scope="module")
-def iris_lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runner, Path]]:
-    root = tmp_path_factory.mktemp("lane")
+def iris_framed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runner, Path]]:
+    root = tmp_path_factory.mktemp("framed")
     model = LogisticRegression(max_iter=1000).fit(X, Y)
     model_dir = save_joblib(root, "iris", "1", model)
-    lane = root / "iris.lane"
-    with running(model_dir, "iris", extra=["--lane", str(lane)]) as runner:
-        yield runner, lane
+    framed = root / "iris.framed"
+    with running(model_dir, "iris", extra=["--framed-socket", str(framed)]) as runner:
+        yield runner, framed
 
 
-def test_lane_answers_equal_grpc_answers(iris_lane: tuple[Runner, Path]) -> None:
-    runner, lane = iris_lane
+def test_framed_answers_equal_grpc_answers(iris_framed: tuple[Runner, Path]) -> None:
+    runner, framed = iris_framed
     stub = runner.stub()
     requests = [
         infer_request("iris", {"input": X[:1]}, raw=True),
@@ -93,13 +93,15 @@ def test_lane_answers_equal_grpc_answers(iris_lane: tuple[Runner, Path]) -> None
         infer_request("iris", {"input": X[:3]}, raw=True, outputs=["label"]),
     ]
     for request in requests:
-        by_lane = pb.ModelInferResponse.FromString(lane_call(lane, request.SerializeToString()))
-        assert by_lane == stub.ModelInfer(request)
-        assert by_lane.id == request.id
+        by_framed = pb.ModelInferResponse.FromString(
+            framed_call(framed, request.SerializeToString())
+        )
+        assert by_framed == stub.ModelInfer(request)
+        assert by_framed.id == request.id
 
 
-def test_lane_errors_equal_grpc_errors(iris_lane: tuple[Runner, Path]) -> None:
-    runner, lane = iris_lane
+def test_framed_errors_equal_grpc_errors(iris_framed: tuple[Runner, Path]) -> None:
+    runner, framed = iris_framed
     stub = runner.stub()
     wrong_type = infer_request("iris", {"input": X[:2].astype(np.float64)}, raw=True)
     wrong_name = infer_request("iris", {"features": X[:2]}, raw=True)
@@ -107,21 +109,21 @@ def test_lane_errors_equal_grpc_errors(iris_lane: tuple[Runner, Path]) -> None:
     other_version = infer_request("iris", {"input": X[:2]}, raw=True, version="9")
     for request in (wrong_type, wrong_name, other_model, other_version):
         expected = rpc_error(stub.ModelInfer, request)
-        got = lane_status(lane, request.SerializeToString())
+        got = framed_status(framed, request.SerializeToString())
         assert (got.code, got.details) == (expected.code(), expected.details())
-    garbage = lane_status(lane, b"\xff\xff\xff")
+    garbage = framed_status(framed, b"\xff\xff\xff")
     assert garbage.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_concurrent_calls_each_get_their_own_answer(iris_lane: tuple[Runner, Path]) -> None:
-    _, lane_path = iris_lane
+def test_concurrent_calls_each_get_their_own_answer(iris_framed: tuple[Runner, Path]) -> None:
+    _, framed_path = iris_framed
     model_rows = [X[i : i + 1 + i % 4] for i in range(48)]
 
     async def many() -> list[bytes]:
-        lane = Lane(lane_path)
+        framed = FramedClient(framed_path)
         try:
             calls = [
-                lane.send(
+                framed.send(
                     infer_request(
                         "iris", {"input": rows}, raw=True, request_id=f"c{i}"
                     ).SerializeToString()
@@ -130,12 +132,12 @@ def test_concurrent_calls_each_get_their_own_answer(iris_lane: tuple[Runner, Pat
             ]
             first = await asyncio.gather(*calls)
             # The connections went back to the pool: a second round reuses them.
-            again = await lane.send(
+            again = await framed.send(
                 infer_request("iris", {"input": X[:2]}, raw=True).SerializeToString()
             )
             return [*first, again]
         finally:
-            lane.close()
+            framed.close()
 
     answers = asyncio.run(many())
     model = LogisticRegression(max_iter=1000).fit(X, Y)
@@ -148,105 +150,107 @@ def test_concurrent_calls_each_get_their_own_answer(iris_lane: tuple[Runner, Pat
 
 def test_a_call_given_up_does_not_answer_the_next_one(tmp_path: Path) -> None:
     model_dir = save_custom(tmp_path, "sleepy", "1", SLEEPY_MODEL)
-    lane_path = tmp_path / "sleepy.lane"
+    framed_path = tmp_path / "sleepy.framed"
     slow = infer_request("sleepy", {"x": np.array([0.6], np.float32)}, raw=True)
     quick = infer_request("sleepy", {"x": np.array([0.0, 5.0], np.float32)}, raw=True)
 
-    async def scenario(lane: Lane) -> bytes:
+    async def scenario(framed: FramedClient) -> bytes:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.2):
-                await lane.send(slow.SerializeToString())
+                await framed.send(slow.SerializeToString())
         # The slow answer arrives later on the connection the timeout closed, never here.
-        answer = await lane.send(quick.SerializeToString())
+        answer = await framed.send(quick.SerializeToString())
         await asyncio.sleep(0.6)
         return answer
 
-    with running(model_dir, "sleepy", extra=["--lane", str(lane_path)]):
-        lane = Lane(lane_path)
-        answer = asyncio.run(scenario(lane))
-        lane.close()
+    with running(model_dir, "sleepy", extra=["--framed-socket", str(framed_path)]):
+        framed = FramedClient(framed_path)
+        answer = asyncio.run(scenario(framed))
+        framed.close()
         np.testing.assert_array_equal(
             outputs_of(pb.ModelInferResponse.FromString(answer))["y"], [1.0, 6.0]
         )
-        assert lane_call(lane_path, quick.SerializeToString()) == answer
+        assert framed_call(framed_path, quick.SerializeToString()) == answer
 
 
 def test_runner_killed_mid_call_is_unavailable(tmp_path: Path) -> None:
     model_dir = save_custom(tmp_path, "sleepy", "1", SLEEPY_MODEL)
-    lane_path = tmp_path / "sleepy.lane"
+    framed_path = tmp_path / "sleepy.framed"
     slow = infer_request("sleepy", {"x": np.array([5.0], np.float32)}, raw=True)
 
-    async def scenario(runner: Runner) -> LaneStatus:
-        lane = Lane(lane_path)
-        call = asyncio.ensure_future(lane.send(slow.SerializeToString()))
+    async def scenario(runner: Runner) -> FramedStatus:
+        framed = FramedClient(framed_path)
+        call = asyncio.ensure_future(framed.send(slow.SerializeToString()))
         await asyncio.sleep(0.3)
         runner.proc.kill()
-        with pytest.raises(LaneStatus) as info:
+        with pytest.raises(FramedStatus) as info:
             await call
-        lane.close()
+        framed.close()
         return info.value
 
-    with running(model_dir, "sleepy", extra=["--lane", str(lane_path)]) as runner:
+    with running(model_dir, "sleepy", extra=["--framed-socket", str(framed_path)]) as runner:
         status = asyncio.run(scenario(runner))
     assert status.code == grpc.StatusCode.UNAVAILABLE
-    assert "closed the lane" in status.details
-    refused = lane_status(lane_path, slow.SerializeToString())
+    assert "closed the framed socket" in status.details
+    refused = framed_status(framed_path, slow.SerializeToString())
     assert refused.code == grpc.StatusCode.UNAVAILABLE
-    assert "cannot reach its lane" in refused.details
+    assert "cannot reach its framed socket" in refused.details
 
 
 def test_sigterm_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
     model_dir = save_custom(tmp_path, "sleepy", "1", SLEEPY_MODEL)
-    lane_path = tmp_path / "sleepy.lane"
+    framed_path = tmp_path / "sleepy.framed"
     slow = infer_request("sleepy", {"x": np.array([0.8], np.float32)}, raw=True)
 
     async def scenario(runner: Runner) -> bytes:
-        lane = Lane(lane_path)
-        call = asyncio.ensure_future(lane.send(slow.SerializeToString()))
+        framed = FramedClient(framed_path)
+        call = asyncio.ensure_future(framed.send(slow.SerializeToString()))
         await asyncio.sleep(0.3)
         runner.proc.send_signal(signal.SIGTERM)
         try:
             return await call
         finally:
-            lane.close()
+            framed.close()
 
-    with running(model_dir, "sleepy", extra=["--lane", str(lane_path)]) as runner:
+    with running(model_dir, "sleepy", extra=["--framed-socket", str(framed_path)]) as runner:
         answer = asyncio.run(scenario(runner))
         assert runner.wait_exit() == 0
     np.testing.assert_array_equal(
         outputs_of(pb.ModelInferResponse.FromString(answer))["y"], [np.float32(0.8) + 1]
     )
-    assert not lane_path.exists()
+    assert not framed_path.exists()
 
 
-def test_a_malformed_frame_closes_the_connection(iris_lane: tuple[Runner, Path]) -> None:
-    runner, lane = iris_lane
+def test_a_malformed_frame_closes_the_connection(iris_framed: tuple[Runner, Path]) -> None:
+    runner, framed = iris_framed
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(5)
-        conn.connect(str(lane))
+        conn.connect(str(framed))
         conn.sendall(HEADER.pack(3, 7) + b"abc")  # kind 7 does not exist
         with contextlib.suppress(ConnectionResetError):  # reset: "abc" was never read
             assert conn.recv(16) == b""
     assert "malformed request" in runner.log()
     # The runner serves on.
     request = infer_request("iris", {"input": X[:1]}, raw=True)
-    assert pb.ModelInferResponse.FromString(lane_call(lane, request.SerializeToString())).outputs
+    assert pb.ModelInferResponse.FromString(
+        framed_call(framed, request.SerializeToString())
+    ).outputs
 
 
-# ---- the gateway: lane on and off ------------------------------------------------------
+# ---- the gateway: framed on and off ------------------------------------------------------
 
 
 def _runner_commands(gateway: GatewayProcess) -> list[list[str]]:
     return [psutil.Process(pid).cmdline() for pid in gateway.runner_pids().values()]
 
 
-def test_gateway_answers_alike_with_the_lane_on_and_off(
+def test_gateway_answers_alike_with_the_framed_socket_on_and_off(
     gateway: GatewayProcess, repo: Path, tmp_path: Path
 ) -> None:
-    off = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_RUNNER_LANE": "false"})
+    off = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_FRAMED_SOCKET": "false"})
     try:
-        assert all("--lane" in cmd for cmd in _runner_commands(gateway))
-        assert not any("--lane" in cmd for cmd in _runner_commands(off))
+        assert all("--framed-socket" in cmd for cmd in _runner_commands(gateway))
+        assert not any("--framed-socket" in cmd for cmd in _runner_commands(off))
         stubs = [
             pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(g.target))
             for g in (gateway, off)
@@ -270,7 +274,7 @@ def test_gateway_answers_alike_with_the_lane_on_and_off(
         off.stop()
 
 
-def test_gateway_deadline_over_the_lane(repo: Path, tmp_path: Path) -> None:
+def test_gateway_deadline_over_the_framed_socket(repo: Path, tmp_path: Path) -> None:
     """A deadline the runner cannot meet is DEADLINE_EXCEEDED; the next call gets its own
     answer, not the late one."""
     model_dir = save_custom(tmp_path / "models", "sleepy", "1", SLEEPY_MODEL)

@@ -1,12 +1,13 @@
-"""The gateway's side of the lane (runners.lane): ModelInfer to a local runner without gRPC.
+"""The gateway's side of the framed socket (runners.framed): ModelInfer to a local runner
+without gRPC.
 
-A pool of Unix socket connections to one runner's lane, each carrying one call at a time:
-a call takes an idle connection or opens one, writes the request, and waits for the
-answer on that connection's asyncio protocol. A connection goes back to the pool after a
-complete answer; a call that ends any other way (its deadline, its cancellation, the
-runner closing the socket) closes it, since an answer may still be on its way. The
-answers' statuses are gRPC status numbers, so ``Lane.send`` raises the same
-``LaneStatus`` a gRPC call's status would be translated from (gateway.supervisor).
+A pool of Unix socket connections to one runner's framed socket, each carrying one call
+at a time: a call takes an idle connection or opens one, writes the request, and waits
+for the answer on that connection's asyncio protocol. A connection goes back to the pool
+after a complete answer; a call that ends any other way (its deadline, its cancellation,
+the runner closing the socket) closes it, since an answer may still be on its way. The
+answers' statuses are gRPC status numbers, so ``FramedClient.send`` raises the same
+``FramedStatus`` a gRPC call's status would be translated from (gateway.supervisor).
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from typing import Any
 
 import grpc
 
-from runners.lane import HEADER, KIND_INFER, STATUS_OK
+from runners.framed import HEADER, KIND_INFER, STATUS_OK
 
 # Idle connections kept per runner beyond what is in use (more are closed when they free).
 MAX_IDLE = 64
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
-class LaneStatus(Exception):
-    """The runner answered with a status other than OK (or the lane broke: UNAVAILABLE)."""
+class FramedStatus(Exception):
+    """The runner answered with a status other than OK (or the framed socket broke: UNAVAILABLE)."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(f"{code.name}: {details}")
@@ -58,7 +59,7 @@ class _Connection(asyncio.Protocol):
         body = bytes(buffer[HEADER.size : HEADER.size + length])
         del buffer[: HEADER.size + length]
         waiter, self._waiter = self._waiter, None
-        if waiter is None or buffer:  # an answer nobody asked for: the lane is confused
+        if waiter is None or buffer:  # an answer nobody asked for: the framed socket is confused
             self.close()
         if waiter is not None and not waiter.done():
             waiter.set_result((code, body))
@@ -67,8 +68,12 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            reason = f"the runner closed the lane ({exc})" if exc else "the runner closed the lane"
-            waiter.set_exception(LaneStatus(grpc.StatusCode.UNAVAILABLE, reason))
+            reason = (
+                f"the runner closed the framed socket ({exc})"
+                if exc
+                else "the runner closed the framed socket"
+            )
+            waiter.set_exception(FramedStatus(grpc.StatusCode.UNAVAILABLE, reason))
 
     def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes]]:
         assert self.transport is not None and self._waiter is None
@@ -82,8 +87,8 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-class Lane:
-    """The connection pool to one runner's lane socket."""
+class FramedClient:
+    """The connection pool to one runner's framed socket socket."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -92,7 +97,7 @@ class Lane:
 
     def send(self, request: bytes) -> Coroutine[Any, Any, bytes]:
         """Send ``request`` now when a connection is idle (else once awaited, after
-        connecting); await the result for the serialized answer, LaneStatus for any other
+        connecting); await the result for the serialized answer, FramedStatus for any other
         outcome. Cancelling it (a timeout around it) gives up and closes the connection."""
         if self._closed:
             return self._refuse()
@@ -103,15 +108,15 @@ class Lane:
         return self._connect_and_call(request)
 
     async def _refuse(self) -> bytes:
-        raise LaneStatus(grpc.StatusCode.UNAVAILABLE, "the lane is closed")
+        raise FramedStatus(grpc.StatusCode.UNAVAILABLE, "the framed socket is closed")
 
     async def _connect_and_call(self, request: bytes) -> bytes:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await loop.create_unix_connection(_Connection, str(self.path))
         except OSError as exc:
-            reason = f"cannot reach its lane: {exc.strerror or exc}"
-            raise LaneStatus(grpc.StatusCode.UNAVAILABLE, reason) from None
+            reason = f"cannot reach its framed socket: {exc.strerror or exc}"
+            raise FramedStatus(grpc.StatusCode.UNAVAILABLE, reason) from None
         return await self._answer(conn, conn.send(request))
 
     async def _answer(self, conn: _Connection, sent: asyncio.Future[tuple[int, bytes]]) -> bytes:
@@ -126,7 +131,7 @@ class Lane:
             self._idle.append(conn)
         if code != STATUS_OK:
             status = _STATUS_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
-            raise LaneStatus(status, body.decode(errors="replace"))
+            raise FramedStatus(status, body.decode(errors="replace"))
         return body
 
     def close(self) -> None:

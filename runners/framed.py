@@ -1,10 +1,10 @@
-"""The lane: ModelInfer between the gateway and a runner on the same host, without gRPC.
+"""The framed socket: ModelInfer between the gateway and a runner on the same host, without gRPC.
 
 A gRPC call costs each side a few hundred microseconds of CPU in grpc's core (its poller
 thread, HTTP/2 framing, the hand-off to Python), far more than a small model's own work;
-a gateway forwarding every request over gRPC pays that twice per request. The lane is a
-plain Unix stream socket carrying the same serialized V2 messages, one call at a time per
-connection:
+a gateway forwarding every request over gRPC pays that twice per request. The framed
+socket is a plain Unix stream socket carrying the same serialized V2 messages, one call at
+a time per connection:
 
     request:  u32 length | u8 kind (1: ModelInfer) | ModelInferRequest bytes
     answer:   u32 length | u8 status (a gRPC status number; 0 is OK)
@@ -14,7 +14,8 @@ connection:
 so a connection never has two calls in flight and needs no call ids; a call that it gives
 up on (deadline, cancellation) closes its connection. Everything else a runner does
 (health, metadata, streaming, calls from anyone but the gateway, tracing) stays on its
-gRPC address; the lane only exists when the gateway asks for it (``--lane PATH``).
+gRPC address; the framed socket only exists when the gateway asks for it
+(``--framed-socket PATH``).
 
 Here, the runner's side: an accept thread and one thread per connection, blocking in
 ``recv`` (which releases the GIL) and answering in that same thread, as a synchronous
@@ -42,11 +43,11 @@ STATUS_OK = 0
 # Answers one request's bytes with (status number, body); never raises.
 Answer = Callable[[bytes], tuple[int, bytes]]
 
-__all__ = ["HEADER", "KIND_INFER", "STATUS_OK", "LaneServer", "frame"]
+__all__ = ["HEADER", "KIND_INFER", "STATUS_OK", "FramedServer", "frame"]
 
 
 def frame(code: int, body: bytes) -> bytes:
-    """One message on the lane: the header, then the body."""
+    """One message on the framed socket: the header, then the body."""
     return HEADER.pack(len(body), code) + body
 
 
@@ -64,8 +65,8 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
     return bytes(buffer)
 
 
-class LaneServer:
-    """The runner's lane: listens on a Unix socket path, one thread per connection."""
+class FramedServer:
+    """The runner's framed socket: listens on a Unix socket path, one thread per connection."""
 
     def __init__(self, path: Path, answer: Answer, max_message_bytes: int) -> None:
         self.path = path
@@ -83,7 +84,7 @@ class LaneServer:
             self.path.unlink()
         self._listener.bind(str(self.path))
         self._listener.listen(128)
-        threading.Thread(target=self._accept, name="lane-accept", daemon=True).start()
+        threading.Thread(target=self._accept, name="framed-accept", daemon=True).start()
 
     def _accept(self) -> None:
         while True:
@@ -96,7 +97,7 @@ class LaneServer:
                     conn.close()
                     return
                 thread = threading.Thread(
-                    target=self._serve, args=(conn,), name="lane-conn", daemon=True
+                    target=self._serve, args=(conn,), name="framed-conn", daemon=True
                 )
                 self._connections.add(conn)
                 self._threads.add(thread)
@@ -121,7 +122,9 @@ class LaneServer:
             return None
         length, kind = HEADER.unpack(header)
         if kind != KIND_INFER or length > self._max:
-            log.warning("lane: malformed request; closing the connection", kind=kind, length=length)
+            log.warning(
+                "framed socket: malformed request; closing the connection", kind=kind, length=length
+            )
             return None
         return _recv_exactly(conn, length)
 
