@@ -20,6 +20,8 @@ MB = 1e6
 ECHO, FLOOR, RUNNER, GATEWAY = "echo", "two-hop-floor", "runner-direct", "gateway"
 # The gateway without recording answers, and with one shadow at fraction 1.0.
 NO_LEDGER, SHADOW = "gateway-no-ledger", "gateway-shadow"
+# The gateway reaching its runner over gRPC, as before the framed socket (runners.framed).
+GRPC_HOP = "gateway-grpc-hop"
 # One LightGBM model served by the Python runner and by the Go runner.
 LGBM_PY, LGBM_GO = "runner-lgbm-py", "runner-lgbm-go"
 # A 100-tree random forest, Python runner: dynamic batching by default, with a queue
@@ -28,7 +30,6 @@ FOREST_ON, FOREST_QUEUED, FOREST_OFF = "runner-rf-batch", "runner-rf-queued", "r
 # The peer (`make bench-peers`): MLServer on the same joblib model.
 MLSERVER = "mlserver"
 # The in-process lane (issue 5, Build item 5): the gateway running the model itself.
-# No target of that name is started yet; its ratio reports N/A until one is.
 INPROCESS = "inprocess"
 ONE, THOUSAND = "1-row", "1000-row"
 # The random forest's scenario: 1 row at this concurrency.
@@ -346,6 +347,17 @@ def _performance_floor_ratios(r: Results) -> list[Ratio]:
             5,
             "gateway rps / two-hop floor rps, 1000-row c=64",
             _divide(_rps(r, GATEWAY, THOUSAND, 64), _rps(r, FLOOR, THOUSAND, 64)),
+        ),
+        Ratio(
+            5,
+            "gateway over gRPC to its runner p50 / two-hop floor p50, 1-row c=1",
+            _divide(_p50(r, GRPC_HOP, ONE), _p50(r, FLOOR, ONE)),
+            note="--no-framed-socket: both hops gRPC, as the floor",
+        ),
+        Ratio(
+            5,
+            "gateway over gRPC to its runner rps / two-hop floor rps, 1-row c=16",
+            _divide(_rps(r, GRPC_HOP, ONE), _rps(r, FLOOR, ONE)),
         ),
         _overhead_ratio(r, 5, 1.3),
         _goal(

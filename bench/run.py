@@ -7,6 +7,7 @@ Targets, each started as its own process on 127.0.0.1 port 0:
   gateway        greenroom serve (which starts its own runner for the same model)
   gateway-shadow     the same with version 2 (a copy of 1) deployed as a shadow at 1.0
   gateway-no-ledger  the same with --no-record (answers not recorded)
+  gateway-grpc-hop   the same with --no-framed-socket (ModelInfer to the runner over gRPC)
   runner-lgbm-py / runner-lgbm-go  one LightGBM model, Python runner vs the Go runner
   runner-rf-batch / -queued / -nobatch  a 100-tree random forest, Python runner, dynamic
                  batching by default, with max_queue_delay_us 2000, and off
@@ -16,8 +17,8 @@ Targets, each started as its own process on 127.0.0.1 port 0:
 Then the ledger's writer alone: rows/s into SQLite (bench/ledger_rate.py), and memory
 with four models loaded (bench/memory.py).
 Scenarios: 1-row and 1000-row requests at concurrency 1, 16 and 64 for the floors, the
-runner, the gateways and MLServer (gateway-no-ledger and the LightGBM runners at 1 and
-16 only); the random forests get 1 row at concurrency 32 only.
+runner, the gateways and MLServer (inprocess, gateway-no-ledger, gateway-grpc-hop and
+the LightGBM runners at 1 and 16 only); the random forests get 1 row at concurrency 32 only.
 All are started first, and each answers one request of every payload it will get (its
 answer is checked and recorded); then, scenario by scenario (payload, concurrency), each
 target gets a warmup run, then the targets take turns for a few short measured rounds,
@@ -79,6 +80,7 @@ from report import (
     FOREST_ON,
     FOREST_QUEUED,
     GATEWAY,
+    GRPC_HOP,
     INPROCESS,
     LGBM_GO,
     LGBM_PY,
@@ -95,7 +97,7 @@ from report import (
 # Measured in every scenario of the matrix (payloads x concurrencies).
 MATRIX = (ECHO, FLOOR, RUNNER, GATEWAY, SHADOW, MLSERVER)
 # Measured only at the concurrencies of SIDE_CONCURRENCIES: their ratios need no more.
-SIDE = (INPROCESS, NO_LEDGER, LGBM_PY, LGBM_GO)
+SIDE = (INPROCESS, NO_LEDGER, GRPC_HOP, LGBM_PY, LGBM_GO)
 SIDE_CONCURRENCIES = (1, 16)
 # Measured only with 1 row at the forest's concurrency (--forest-concurrency).
 FOREST = (FOREST_ON, FOREST_QUEUED, FOREST_OFF)
@@ -406,6 +408,7 @@ def _argvs(work: Path) -> dict[str, list[str]]:
         ],
         GATEWAY: _gateway_argv(repo, work / "data"),
         NO_LEDGER: _gateway_argv(repo, work / "data-no-ledger", "--no-record"),
+        GRPC_HOP: _gateway_argv(repo, work / "data-grpc-hop", "--no-framed-socket"),
         SHADOW: _gateway_argv(work / "models-shadow", work / "data-shadow"),
         INPROCESS: _gateway_argv(work / "models-inprocess", work / "data-inprocess"),
         LGBM_PY: [PYTHON, "-m", "runners", *_runner_args(work / "models-lgbm-py", LGBM_NAME)],
@@ -479,7 +482,17 @@ def start_all(ctx: Context, stack: contextlib.ExitStack, work: Path) -> dict[str
             started[FLOOR] = stack.enter_context(serving(ctx, FLOOR, argv))
     if LGBM_GO in wanted:
         _build_go_runner(ctx)
-    for name in (RUNNER, GATEWAY, SHADOW, INPROCESS, NO_LEDGER, LGBM_PY, LGBM_GO, *FOREST):
+    for name in (
+        RUNNER,
+        GATEWAY,
+        SHADOW,
+        INPROCESS,
+        NO_LEDGER,
+        GRPC_HOP,
+        LGBM_PY,
+        LGBM_GO,
+        *FOREST,
+    ):
         if name in wanted:
             started[name] = stack.enter_context(serving(ctx, name, argvs[name]))
     if MLSERVER in wanted:

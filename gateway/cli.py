@@ -55,6 +55,10 @@ def _serve_args(parser: argparse.ArgumentParser, repo: Path | None) -> None:
         help="do not record answers in the ledger",
     )  # fmt: skip
     parser.add_argument(
+        "--no-framed-socket", dest="framed_socket", action="store_false", default=None,
+        help="send ModelInfer to the runners over gRPC, not their framed socket",
+    )  # fmt: skip
+    parser.add_argument(
         "--metrics-port", type=int, default=None,
         help="Prometheus /metrics port (default 8002; 0: any free port; -1: off)",
     )  # fmt: skip
@@ -80,6 +84,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
             "max_message_bytes": args.max_message_bytes,
             "database_url": args.database_url,
             "record_predictions": args.record_predictions,
+            "framed_socket": args.framed_socket,
             "workers": args.workers,
             "metrics_port": args.metrics_port,
             "tracing": args.tracing,

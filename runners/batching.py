@@ -100,6 +100,10 @@ def _rows_and_key(inputs: Arrays, outputs: tuple[str, ...]) -> tuple[int, Hashab
     return rows, key
 
 
+# The ``wake`` of a job that leads at once: nobody ever waits on it or sets it.
+_LEADS_AT_ONCE = threading.Event()
+
+
 @dataclass(eq=False, slots=True)
 class _Job:
     """One request in the batcher; its thread sleeps on ``wake`` unless it leads."""
@@ -173,13 +177,22 @@ class Batcher:
         GreenroomError raised by the model comes back as is; any other failure is logged
         here and raised as InternalError with a generic message."""
         wanted = tuple(outputs)
+        if not self._delay_s:
+            with self._lock:
+                at_once = self._running < self._executions
+                if at_once:
+                    self._running += 1
+            if at_once:  # the usual case below saturation: no batch to form, no wakeup
+                job = _Job(inputs, wanted, request_id, 0, None, _LEADS_AT_ONCE)
+                self._lead([job])
+                return job.result()
         rows, key = _rows_and_key(inputs, wanted)
         job = _Job(inputs, wanted, request_id, rows, key)
         if self._delay_s:
             self._run_delayed(job)
             return job.result()
         with self._lock:
-            if self._running < self._executions:
+            if self._running < self._executions:  # a slot freed meanwhile
                 self._running += 1
                 job.batch = [job]
             else:

@@ -81,6 +81,9 @@ POOL_SPARE = 32
 __all__ = ["INTERNAL_MESSAGE", "Runner", "RunnerSettings", "Wakeup", "serve"]
 
 T = TypeVar("T")
+# A request's inputs as (name, datatype, shape) and its requested outputs' names.
+Layout = tuple[tuple[tuple[str, str, tuple[int, ...]], ...], tuple[str, ...]]
+MAX_LAYOUTS = 1024
 
 
 class RunnerSettings(BaseModel):
@@ -159,6 +162,9 @@ class Serving:
     specs: dict[str, TensorSpec]
     datatypes: dict[str, str]
     all_outputs: list[str]
+    # Request layouts (input names, datatypes, shapes; requested outputs) that passed the
+    # signature checks: callers repeat a handful of them, so each is checked once.
+    checked: dict[Layout, None]
 
     @classmethod
     def of(cls, model: Model, batcher: Batcher) -> Serving:
@@ -168,7 +174,19 @@ class Serving:
             {s.name: s for s in model.outputs},
             {s.name: s.datatype for s in model.outputs},
             [s.name for s in model.outputs],
+            {},
         )
+
+    def check(self, layout: Layout) -> None:
+        """InvalidInput/InvalidArgument unless this layout fits the signature."""
+        if layout in self.checked:
+            return
+        given, requested = layout
+        check_inputs([TensorSpec(*spec) for spec in given], self.model.inputs)
+        check_outputs(list(requested), self.model.outputs)
+        if len(self.checked) >= MAX_LAYOUTS:
+            self.checked.clear()
+        self.checked[layout] = None
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -204,10 +222,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         serving = self._ready(request.model_name, request.model_version)
         model = serving.model
-        given = [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in request.inputs]
-        check_inputs(given, model.inputs)
         requested = [o.name for o in request.outputs]
-        check_outputs(requested, model.outputs)
+        given = tuple((t.name, t.datatype, tuple(t.shape)) for t in request.inputs)
+        serving.check((given, tuple(requested)))
         wanted = requested or serving.all_outputs
         arrays = decode(request.inputs, request.raw_input_contents)
         model.check(arrays)
@@ -218,9 +235,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         raw = len(request.raw_input_contents) > 0
         outputs = _conform(answer, wanted, serving.specs)
         encode(response.outputs, response.raw_output_contents, outputs, raw, serving.datatypes)
-        for tensor in response.outputs:
-            for key, text in model.output_parameters.get(tensor.name, {}).items():
-                tensor.parameters[key].string_param = text
+        if model.output_parameters:
+            for tensor in response.outputs:
+                for key, text in model.output_parameters.get(tensor.name, {}).items():
+                    tensor.parameters[key].string_param = text
         return response
 
     def answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:

@@ -69,7 +69,10 @@ def _logistic_proba(estimator: LogisticRegression) -> Method:
             if s.ndim > 1 and s.shape[1] == 1:
                 s = s.reshape(-1)
             p = expit(s, out=s)
-            return np.stack([1 - p, p], axis=1)
+            both = np.empty((p.shape[0], 2), dtype=p.dtype)
+            np.subtract(1, p, out=both[:, 0])
+            both[:, 1] = p
+            return both
         result: npt.NDArray[Any] = softmax(s, copy=False)
         return result
 
