@@ -88,7 +88,7 @@ class _Connection(asyncio.Protocol):
 
 
 class FramedClient:
-    """The connection pool to one runner's framed socket socket."""
+    """The connection pool to one runner's framed socket."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -15,6 +15,10 @@ the model blocks nobody else, since health and metadata calls get other pool thr
 The pool is larger than ``threads``: ``runners.batching`` lets at most ``threads`` model
 calls run at once and merges the requests that queue up meanwhile into one call.
 
+With ``--framed-socket PATH`` the same servicer also answers ModelInfer on a plain Unix
+socket (runners.framed), each connection in a thread of its own in the same way: the
+gateway's fast path, which spares both sides a gRPC call.
+
 The servicer is thin: check the request against the signature, decode it, let the model
 check it, predict (batched), conform the answer to the signature and encode it.
 GreenroomError travels as its status and message; anything else is logged with its
