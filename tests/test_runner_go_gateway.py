@@ -52,9 +52,7 @@ def lgbm_gateway(go_runner: Path, tmp_path: Path) -> Iterator[tuple[GatewayProce
     (repo / "lgbm" / "2" / "runner.yaml").write_text(f"command: [{go_runner}]\n")
     # Agreement is the subject, not latency: the shadow's copies wait for batch-mates and
     # go over gRPC while the primary uses its framed socket, so no p99 guardrail here.
-    (repo / "lgbm" / "model.yaml").write_text(
-        'primary: "1"\npromotion: {max_p99_ratio: null}\n'
-    )
+    (repo / "lgbm" / "model.yaml").write_text('primary: "1"\npromotion: {max_p99_ratio: null}\n')
     gateway = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_SHADOW_LIMIT": "1000"})
     try:
         yield gateway, x[300:]
