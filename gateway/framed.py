@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ import grpc
 
 from runners.framed import HEADER, KIND_INFER, STATUS_OK
 
-# Idle connections kept per runner beyond what is in use (more are closed when they free).
-MAX_IDLE = 64
+# Connections per runner at most: the runner answers each in a thread of its own, and
+# its synchronous gRPC server's pool was of this order too (runners.server).
+MAX_CONNECTIONS = 64
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -88,56 +90,117 @@ class _Connection(asyncio.Protocol):
 
 
 class FramedClient:
-    """The connection pool to one runner's framed socket."""
+    """The connection pool to one runner's framed socket: at most ``max_connections`` open
+    (the runner answers each in a thread of its own); calls beyond that wait for one."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_connections: int = MAX_CONNECTIONS) -> None:
         self.path = path
+        self._max = max_connections
+        self._open = 0  # idle or carrying a call
         self._idle: list[_Connection] = []
+        # Calls waiting for a connection: each gets a freed one, or None for a free slot.
+        self._waiting: deque[asyncio.Future[_Connection | None]] = deque()
         self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
 
     def send(self, request: bytes) -> Coroutine[Any, Any, bytes]:
         """Send ``request`` now when a connection is idle (else once awaited, after
-        connecting); await the result for the serialized answer, FramedStatus for any other
-        outcome. Cancelling it (a timeout around it) gives up and closes the connection."""
+        connecting or waiting for one); await the result for the serialized answer,
+        FramedStatus for any other outcome. Cancelling it (a timeout around it) gives up
+        and closes the connection."""
         if self._closed:
             return self._refuse()
         while self._idle:
             conn = self._idle.pop()
             if not conn.closed:
                 return self._answer(conn, conn.send(request))
+            self._discard(conn)
         return self._connect_and_call(request)
 
     async def _refuse(self) -> bytes:
         raise FramedStatus(grpc.StatusCode.UNAVAILABLE, "the framed socket is closed")
 
     async def _connect_and_call(self, request: bytes) -> bytes:
-        loop = asyncio.get_running_loop()
-        try:
-            _, conn = await loop.create_unix_connection(_Connection, str(self.path))
-        except OSError as exc:
-            reason = f"cannot reach its framed socket: {exc.strerror or exc}"
-            raise FramedStatus(grpc.StatusCode.UNAVAILABLE, reason) from None
+        conn = await self._connection()
         return await self._answer(conn, conn.send(request))
+
+    async def _connection(self) -> _Connection:
+        """A new connection, or at the cap the first one another call frees."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closed:
+                raise FramedStatus(grpc.StatusCode.UNAVAILABLE, "the framed socket is closed")
+            if self._open < self._max:
+                self._open += 1
+                try:
+                    _, conn = await loop.create_unix_connection(_Connection, str(self.path))
+                except BaseException as exc:
+                    self._freed()
+                    if not isinstance(exc, OSError):
+                        raise
+                    reason = f"cannot reach its framed socket: {exc.strerror or exc}"
+                    raise FramedStatus(grpc.StatusCode.UNAVAILABLE, reason) from None
+                return conn
+            waiter: asyncio.Future[_Connection | None] = loop.create_future()
+            self._waiting.append(waiter)
+            try:
+                handed = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._pass_on(waiter.result())  # given to us as we were cancelled
+                raise
+            if handed is not None:
+                return handed
 
     async def _answer(self, conn: _Connection, sent: asyncio.Future[tuple[int, bytes]]) -> bytes:
         try:
             code, body = await sent
         except BaseException:
-            conn.close()
+            self._discard(conn)
             raise
-        if conn.closed or self._closed or len(self._idle) >= MAX_IDLE:
-            conn.close()
-        else:
-            self._idle.append(conn)
+        self._pass_on(conn)
         if code != STATUS_OK:
             status = _STATUS_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
             raise FramedStatus(status, body.decode(errors="replace"))
         return body
 
+    def _pass_on(self, conn: _Connection | None) -> None:
+        """A connection free again (None: a slot): to the first waiting call, else idle."""
+        if conn is not None and (conn.closed or self._closed):
+            self._discard(conn)
+            return
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        if conn is not None:
+            self._idle.append(conn)
+
+    def _discard(self, conn: _Connection) -> None:
+        conn.close()
+        self._freed()
+
+    def _freed(self) -> None:
+        """One connection fewer: a waiting call may open one."""
+        self._open -= 1
+        self._pass_on(None)
+
     def close(self) -> None:
-        """Close the idle connections; calls in flight close theirs when they end."""
+        """Close the idle connections and refuse waiting calls; calls in flight close
+        theirs when they end."""
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             with contextlib.suppress(Exception):
                 conn.close()
+        self._open -= len(idle)
+        waiting, self._waiting = self._waiting, deque()
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_exception(
+                    FramedStatus(grpc.StatusCode.UNAVAILABLE, "the framed socket is closed")
+                )

@@ -173,6 +173,57 @@ def test_a_call_given_up_does_not_answer_the_next_one(tmp_path: Path) -> None:
         assert framed_call(framed_path, quick.SerializeToString()) == answer
 
 
+def test_calls_beyond_the_connection_cap_wait_for_a_connection(
+    iris_framed: tuple[Runner, Path],
+) -> None:
+    _, framed_path = iris_framed
+    seen: list[int] = []
+
+    async def many() -> list[bytes]:
+        client = FramedClient(framed_path, max_connections=2)
+
+        async def one(i: int) -> bytes:
+            request = infer_request("iris", {"input": X[i : i + 1]}, raw=True, request_id=f"w{i}")
+            answer = await client.send(request.SerializeToString())
+            seen.append(client.open_connections)
+            return answer
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(20)))
+        finally:
+            client.close()
+
+    answers = [pb.ModelInferResponse.FromString(raw) for raw in asyncio.run(many())]
+    assert [a.id for a in answers] == [f"w{i}" for i in range(20)]
+    assert max(seen) <= 2
+
+
+def test_a_call_given_up_while_waiting_leaks_no_connection(tmp_path: Path) -> None:
+    model_dir = save_custom(tmp_path, "sleepy", "1", SLEEPY_MODEL)
+    framed_path = tmp_path / "sleepy.framed"
+    slow = infer_request("sleepy", {"x": np.array([0.5], np.float32)}, raw=True)
+    quick = infer_request("sleepy", {"x": np.array([0.0], np.float32)}, raw=True)
+
+    async def scenario() -> tuple[bytes, bytes, int]:
+        client = FramedClient(framed_path, max_connections=1)
+        first = asyncio.ensure_future(client.send(slow.SerializeToString()))
+        await asyncio.sleep(0.1)
+        with pytest.raises(TimeoutError):  # waits for the only connection, then gives up
+            async with asyncio.timeout(0.1):
+                await client.send(quick.SerializeToString())
+        slow_answer = await first
+        quick_answer = await client.send(quick.SerializeToString())  # the freed connection
+        open_now = client.open_connections
+        client.close()
+        return slow_answer, quick_answer, open_now
+
+    with running(model_dir, "sleepy", extra=["--framed-socket", str(framed_path)]):
+        slow_answer, quick_answer, open_now = asyncio.run(scenario())
+    assert outputs_of(pb.ModelInferResponse.FromString(slow_answer))["y"] == [1.5]
+    assert outputs_of(pb.ModelInferResponse.FromString(quick_answer))["y"] == [1.0]
+    assert open_now == 1
+
+
 def test_runner_killed_mid_call_is_unavailable(tmp_path: Path) -> None:
     model_dir = save_custom(tmp_path, "sleepy", "1", SLEEPY_MODEL)
     framed_path = tmp_path / "sleepy.framed"
