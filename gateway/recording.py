@@ -11,6 +11,7 @@ costs the answer path nothing but an append.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ import numpy.typing as npt
 
 from gateway.ledger import Answer, Ledger, Role
 from gateway.ledger.records import InputSample
-from greenroom_client.tensors import TensorSpec, decode
+from greenroom_client.tensors import DTYPES, TensorSpec, decode
 from greenroom_proto.inference import grpc_service_pb2 as pb
 
 if TYPE_CHECKING:
@@ -129,6 +130,8 @@ def _texts(array: npt.NDArray[Any]) -> tuple[str, ...]:
         return tuple(x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in flat)
     if flat.dtype.kind == "f" and np.all(np.mod(flat, 1) == 0):
         flat = flat.astype(np.int64)
+    if flat.dtype.kind in "iub":
+        return tuple(map(str, flat.tolist()))
     return tuple(flat.astype(str).tolist())
 
 
@@ -138,19 +141,38 @@ def _classes(response: pb.ModelInferResponse, roles: OutputRoles) -> tuple[str, 
         return roles.classes
     for tensor in response.outputs:
         if tensor.name == roles.probabilities and "classes" in tensor.parameters:
-            return tuple(json.loads(tensor.parameters["classes"].string_param))
+            return _parsed_classes(tensor.parameters["classes"].string_param)
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_classes(text: str) -> tuple[str, ...]:
+    """A runner sends the same classes on every answer: parse each text once."""
+    return tuple(json.loads(text))
 
 
 def _decode_roles(
     response: pb.ModelInferResponse, roles: OutputRoles
 ) -> dict[str, npt.NDArray[Any]]:
-    """Only the outputs the ledger keeps: a model may answer much more (embeddings)."""
+    """Only the outputs the ledger keeps: a model may answer much more (embeddings). Raw
+    numeric outputs are read straight from their bytes (a size that does not fit the shape
+    raises ValueError, and the answer counts as failed); anything else goes through
+    ``decode``."""
     wanted = {roles.label, roles.value, roles.probabilities}
     raws = response.raw_output_contents
     if raws and len(raws) != len(response.outputs):
         raise ValueError(f"reply has {len(raws)} raw contents for {len(response.outputs)} outputs")
     picked = [i for i, tensor in enumerate(response.outputs) if tensor.name in wanted]
+    if raws:
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        for i in picked:
+            tensor = response.outputs[i]
+            dtype = DTYPES.get(tensor.datatype) if tensor.datatype != "BYTES" else None
+            if dtype is None:
+                break
+            arrays[tensor.name] = np.frombuffer(raws[i], dtype=dtype).reshape(tuple(tensor.shape))
+        else:
+            return arrays
     return decode([response.outputs[i] for i in picked], [raws[i] for i in picked] if raws else [])
 
 
