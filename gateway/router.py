@@ -17,7 +17,6 @@ from gateway.replicas import Backend
 from gateway.repository import ModelEntry
 from gateway.supervisor import Signature
 from greenroom_client.errors import ModelNotFound, Unavailable, VersionNotFound
-from greenroom_client.signature import check_inputs, check_outputs
 from greenroom_client.tensors import TensorSpec
 
 
@@ -94,6 +93,4 @@ def signature_of(runner: Backend) -> Signature:
 
 
 def check_request(runner: Backend, inputs: Sequence[TensorSpec], outputs: Sequence[str]) -> None:
-    signature = signature_of(runner)
-    check_inputs(inputs, signature.inputs)
-    check_outputs(outputs, signature.outputs)
+    signature_of(runner).check(inputs, outputs)

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,7 @@ from greenroom_client.errors import (
     Unavailable,
     from_status,
 )
+from greenroom_client.signature import SignatureCheck
 from greenroom_client.tensors import TensorSpec
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
@@ -72,6 +73,10 @@ class Signature:
     platform: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    check: SignatureCheck = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "check", SignatureCheck(self.inputs, self.outputs))
 
 
 class StartupFailed(Exception):

@@ -55,7 +55,7 @@ from greenroom_client.errors import (
     Unavailable,
     VersionNotFound,
 )
-from greenroom_client.signature import check_inputs, check_outputs, shape_matches
+from greenroom_client.signature import SignatureCheck, shape_matches
 from greenroom_client.tensors import DTYPES, TensorSpec, decode, encode
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
@@ -85,9 +85,6 @@ POOL_SPARE = 32
 __all__ = ["INTERNAL_MESSAGE", "Runner", "RunnerSettings", "Wakeup", "serve"]
 
 T = TypeVar("T")
-# A request's inputs as (name, datatype, shape) and its requested outputs' names.
-Layout = tuple[tuple[tuple[str, str, tuple[int, ...]], ...], tuple[str, ...]]
-MAX_LAYOUTS = 1024
 
 
 class RunnerSettings(BaseModel):
@@ -166,9 +163,7 @@ class Serving:
     specs: dict[str, TensorSpec]
     datatypes: dict[str, str]
     all_outputs: list[str]
-    # Request layouts (input names, datatypes, shapes; requested outputs) that passed the
-    # signature checks: callers repeat a handful of them, so each is checked once.
-    checked: dict[Layout, None]
+    check: SignatureCheck
 
     @classmethod
     def of(cls, model: Model, batcher: Batcher) -> Serving:
@@ -178,19 +173,8 @@ class Serving:
             {s.name: s for s in model.outputs},
             {s.name: s.datatype for s in model.outputs},
             [s.name for s in model.outputs],
-            {},
+            SignatureCheck(model.inputs, model.outputs),
         )
-
-    def check(self, layout: Layout) -> None:
-        """InvalidInput/InvalidArgument unless this layout fits the signature."""
-        if layout in self.checked:
-            return
-        given, requested = layout
-        check_inputs([TensorSpec(*spec) for spec in given], self.model.inputs)
-        check_outputs(list(requested), self.model.outputs)
-        if len(self.checked) >= MAX_LAYOUTS:
-            self.checked.clear()
-        self.checked[layout] = None
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -227,8 +211,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         serving = self._ready(request.model_name, request.model_version)
         model = serving.model
         requested = [o.name for o in request.outputs]
-        given = tuple((t.name, t.datatype, tuple(t.shape)) for t in request.inputs)
-        serving.check((given, tuple(requested)))
+        given = [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in request.inputs]
+        serving.check(given, requested)
         wanted = requested or serving.all_outputs
         arrays = decode(request.inputs, request.raw_input_contents)
         model.check(arrays)

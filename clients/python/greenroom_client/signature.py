@@ -53,3 +53,29 @@ def check_outputs(requested: Sequence[str], declared: Sequence[TensorSpec]) -> N
                 f"output '{name}' is not an output of this model; its outputs are: "
                 f"{', '.join(sorted(names))}"
             )
+
+
+# Request layouts a SignatureCheck remembers at most (then it starts over).
+MAX_LAYOUTS = 1024
+
+
+class SignatureCheck:
+    """``check_inputs`` and ``check_outputs`` against one signature, remembering the request
+    layouts (input names, datatypes and shapes; requested outputs) that passed: callers
+    repeat a handful of them, so each is checked once, on the gateway's and on a runner's
+    hot path alike. A layout that fails is not remembered, so it fails every time."""
+
+    def __init__(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+        self._inputs = list(inputs)
+        self._outputs = list(outputs)
+        self._passed: dict[tuple[tuple[TensorSpec, ...], tuple[str, ...]], None] = {}
+
+    def __call__(self, given: Sequence[TensorSpec], requested: Sequence[str]) -> None:
+        layout = (tuple(given), tuple(requested))
+        if layout in self._passed:
+            return
+        check_inputs(given, self._inputs)
+        check_outputs(requested, self._outputs)
+        if len(self._passed) >= MAX_LAYOUTS:
+            self._passed.clear()
+        self._passed[layout] = None
