@@ -34,6 +34,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTENING = "GREENROOM_RUNNER_LISTENING "
 
 
+# A custom model that sleeps x[0] seconds, then answers x + 1.
+SLEEPY_MODEL = """
+import time
+
+class Model:
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [-1]}]
+    outputs = [{"name": "y", "datatype": "FP32", "shape": [-1]}]
+
+    def predict(self, inputs):
+        time.sleep(float(inputs["x"][0]))
+        return {"y": inputs["x"] + 1}
+"""
+
+
 def version_dir(root: Path, name: str, version: str) -> Path:
     path = root / name / version
     path.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ from runners.batching import DEFAULT_MAX_BATCH_SIZE, Batcher, default_max_batch_
 from runners.config import ConfigError, load_model_config
 from runners.model import Arrays, load_model
 from tests.runner_fixtures import (
+    SLEEPY_MODEL,
     Runner,
     infer_request,
     outputs_of,
@@ -662,19 +663,6 @@ def test_nan_or_infinity_is_invalid_argument(iris: Runner) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "input 'input': contains NaN or infinity",
         )
-
-
-SLEEPY_MODEL = """
-import time
-
-class Model:
-    inputs = [{"name": "x", "datatype": "FP32", "shape": [-1]}]
-    outputs = [{"name": "y", "datatype": "FP32", "shape": [-1]}]
-
-    def predict(self, inputs):
-        time.sleep(float(inputs["x"][0]))
-        return {"y": inputs["x"] + 1}
-"""
 
 
 def test_health_and_metadata_answer_while_the_model_runs(

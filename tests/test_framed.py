@@ -28,6 +28,7 @@ from runners.framed import HEADER
 from tests.conftest import GatewayProcess
 from tests.models import iris
 from tests.runner_fixtures import (
+    SLEEPY_MODEL,
     Runner,
     float_rows,
     infer_request,
@@ -39,18 +40,6 @@ from tests.runner_fixtures import (
 )
 
 X, Y = iris()
-
-SLEEPY_MODEL = """
-import time
-
-class Model:
-    inputs = [{"name": "x", "datatype": "FP32", "shape": [-1]}]
-    outputs = [{"name": "y", "datatype": "FP32", "shape": [-1]}]
-
-    def predict(self, inputs):
-        time.sleep(float(inputs["x"][0]))
-        return {"y": inputs["x"] + 1}
-"""
 
 
 def framed_call(path: Path, request: bytes, timeout: float = 10.0) -> bytes:
@@ -71,6 +60,15 @@ def framed_status(path: Path, request: bytes) -> FramedStatus:
     with pytest.raises(FramedStatus) as info:
         framed_call(path, request)
     return info.value
+
+
+@contextlib.contextmanager
+def sleepy_runner(tmp_path: Path) -> Iterator[tuple[Runner, Path]]:
+    """A runner of SLEEPY_MODEL with its framed socket, and the socket's path."""
+    model_dir = save_custom(tmp_path, "sleepy", "1", SLEEPY_MODEL)
+    framed_path = tmp_path / "sleepy.framed"
+    with running(model_dir, "sleepy", extra=["--framed-socket", str(framed_path)]) as runner:
+        yield runner, framed_path
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +147,6 @@ def test_concurrent_calls_each_get_their_own_answer(iris_framed: tuple[Runner, P
 
 
 def test_a_call_given_up_does_not_answer_the_next_one(tmp_path: Path) -> None:
-    model_dir = save_custom(tmp_path, "sleepy", "1", SLEEPY_MODEL)
-    framed_path = tmp_path / "sleepy.framed"
     slow = infer_request("sleepy", {"x": np.array([0.6], np.float32)}, raw=True)
     quick = infer_request("sleepy", {"x": np.array([0.0, 5.0], np.float32)}, raw=True)
 
@@ -163,7 +159,7 @@ def test_a_call_given_up_does_not_answer_the_next_one(tmp_path: Path) -> None:
         await asyncio.sleep(0.6)
         return answer
 
-    with running(model_dir, "sleepy", extra=["--framed-socket", str(framed_path)]):
+    with sleepy_runner(tmp_path) as (_, framed_path):
         framed = FramedClient(framed_path)
         answer = asyncio.run(scenario(framed))
         framed.close()
@@ -199,8 +195,6 @@ def test_calls_beyond_the_connection_cap_wait_for_a_connection(
 
 
 def test_a_call_given_up_while_waiting_leaks_no_connection(tmp_path: Path) -> None:
-    model_dir = save_custom(tmp_path, "sleepy", "1", SLEEPY_MODEL)
-    framed_path = tmp_path / "sleepy.framed"
     slow = infer_request("sleepy", {"x": np.array([0.5], np.float32)}, raw=True)
     quick = infer_request("sleepy", {"x": np.array([0.0], np.float32)}, raw=True)
 
@@ -217,7 +211,7 @@ def test_a_call_given_up_while_waiting_leaks_no_connection(tmp_path: Path) -> No
         client.close()
         return slow_answer, quick_answer, open_now
 
-    with running(model_dir, "sleepy", extra=["--framed-socket", str(framed_path)]):
+    with sleepy_runner(tmp_path) as (_, framed_path):
         slow_answer, quick_answer, open_now = asyncio.run(scenario())
     assert outputs_of(pb.ModelInferResponse.FromString(slow_answer))["y"] == [1.5]
     assert outputs_of(pb.ModelInferResponse.FromString(quick_answer))["y"] == [1.0]
@@ -225,8 +219,6 @@ def test_a_call_given_up_while_waiting_leaks_no_connection(tmp_path: Path) -> No
 
 
 def test_runner_killed_mid_call_is_unavailable(tmp_path: Path) -> None:
-    model_dir = save_custom(tmp_path, "sleepy", "1", SLEEPY_MODEL)
-    framed_path = tmp_path / "sleepy.framed"
     slow = infer_request("sleepy", {"x": np.array([5.0], np.float32)}, raw=True)
 
     async def scenario(runner: Runner) -> FramedStatus:
@@ -239,7 +231,7 @@ def test_runner_killed_mid_call_is_unavailable(tmp_path: Path) -> None:
         framed.close()
         return info.value
 
-    with running(model_dir, "sleepy", extra=["--framed-socket", str(framed_path)]) as runner:
+    with sleepy_runner(tmp_path) as (runner, framed_path):
         status = asyncio.run(scenario(runner))
     assert status.code == grpc.StatusCode.UNAVAILABLE
     assert "closed the framed socket" in status.details
@@ -249,8 +241,6 @@ def test_runner_killed_mid_call_is_unavailable(tmp_path: Path) -> None:
 
 
 def test_sigterm_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
-    model_dir = save_custom(tmp_path, "sleepy", "1", SLEEPY_MODEL)
-    framed_path = tmp_path / "sleepy.framed"
     slow = infer_request("sleepy", {"x": np.array([0.8], np.float32)}, raw=True)
 
     async def scenario(runner: Runner) -> bytes:
@@ -263,7 +253,7 @@ def test_sigterm_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
         finally:
             framed.close()
 
-    with running(model_dir, "sleepy", extra=["--framed-socket", str(framed_path)]) as runner:
+    with sleepy_runner(tmp_path) as (runner, framed_path):
         answer = asyncio.run(scenario(runner))
         assert runner.wait_exit() == 0
     np.testing.assert_array_equal(
