@@ -6,7 +6,9 @@ to ONNX, and a custom ``model.py``), each sent 200 requests first so that every 
 and cache a request touches is allocated. Then, per process: RSS, and USS (the memory
 only this process holds: the shared libraries' pages that every Python runner maps, such
 as numpy's and scipy's, are counted once for the machine, not once per runner). A
-runner's figure "above its model" subtracts the size of its artifact file.
+runner's figure "above its model" subtracts the size of its artifact file. The ledger's
+writer process (a child of the gateway, ``ledger_writer: process``) is reported beside
+the gateway.
 """
 
 from __future__ import annotations
@@ -102,7 +104,10 @@ def measure(python: str, work: Path, log_dir: Path) -> dict[str, Any]:
         _load(server.address, sorted(artifacts))
         gateway = psutil.Process(server.pid)
         runners: dict[str, dict[str, float]] = {}
+        writer: dict[str, float] = {}
         for child in gateway.children(recursive=True):
+            if child.cmdline()[-3:-1] == ["gateway.ledger", "writer"]:
+                writer = _memory(child)
             name = _runner_name(child)
             if name not in artifacts:
                 continue
@@ -114,6 +119,9 @@ def measure(python: str, work: Path, log_dir: Path) -> dict[str, Any]:
                 "rss_above_model_mb": round(usage["rss_mb"] - size_mb, 1),
                 "uss_above_model_mb": round(usage["uss_mb"] - size_mb, 1),
             }
-        return {"gateway": _memory(gateway), "runners": runners, "requests_per_model": REQUESTS}
+        return {
+            "gateway": _memory(gateway), "ledger_writer": writer, "runners": runners,
+            "requests_per_model": REQUESTS,
+        }  # fmt: skip
     finally:
         procs.stop(server)

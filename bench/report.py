@@ -250,6 +250,11 @@ def _memory_goals(r: Results) -> list[Ratio]:
     """Issue 5: the gateway with four models, and each runner above its model's size."""
     gateway = r.memory.get("gateway", {}).get("rss_mb")
     goals = [_goal(5, "gateway RSS (MB), four models loaded", gateway, _below(150))]
+    writer = r.memory.get("ledger_writer") or {}
+    if writer:
+        note = "the gateway's child that converts and writes answers (ledger_writer: process)"
+        goals.append(Ratio(5, "ledger writer process: RSS (MB)", writer["rss_mb"], note=note))
+        goals.append(Ratio(5, "ledger writer process: USS (MB)", writer["uss_mb"]))
     for name, usage in sorted(r.memory.get("runners", {}).items()):
         note = f"model file {usage['model_mb']} MB"
         rss, uss = usage["rss_above_model_mb"], usage["uss_above_model_mb"]

@@ -59,6 +59,10 @@ def _serve_args(parser: argparse.ArgumentParser, repo: Path | None) -> None:
         help="send ModelInfer to the runners over gRPC, not their framed socket",
     )  # fmt: skip
     parser.add_argument(
+        "--ledger-writer", choices=["process", "thread"], default=None,
+        help="convert and write answers in a process of their own (default) or a thread",
+    )  # fmt: skip
+    parser.add_argument(
         "--metrics-port", type=int, default=None,
         help="Prometheus /metrics port (default 8002; 0: any free port; -1: off)",
     )  # fmt: skip
@@ -85,6 +89,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
             "database_url": args.database_url,
             "record_predictions": args.record_predictions,
             "framed_socket": args.framed_socket,
+            "ledger_writer": args.ledger_writer,
             "workers": args.workers,
             "metrics_port": args.metrics_port,
             "tracing": args.tracing,

@@ -71,6 +71,14 @@ class Pending:
     # For a reply that answered several requests merged (shadow copies): this one's rows.
     row_slice: tuple[int, int] | None = None
 
+    def __reduce__(self) -> tuple[type[Pending], tuple[Any, ...]]:
+        """Pickled as a plain tuple: the ledger's writer process gets thousands a second,
+        and a slots dataclass's default pickling costs ten times more."""
+        return Pending, (
+            self.model, self.version, self.role, self.request_id, self.latency_ms, self.roles,
+            self.created_at, self.reply, self.status, self.request_rows, self.row_slice,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class PendingInputs:

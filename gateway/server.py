@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -72,15 +72,18 @@ def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
 
 
 def open_ledger(settings: GatewaySettings) -> Ledger:
-    """Answers are queued raw and converted in the writer thread (``recording.convert``)."""
-    queue, interval = settings.ledger_queue_answers, settings.ledger_flush_interval_s
+    """Answers are queued raw and converted by the writer (``recording.convert``), in its
+    own process unless ``ledger_writer`` says thread."""
+    options: dict[str, Any] = {
+        "convert": convert,
+        "queue_items": settings.ledger_queue_answers,
+        "flush_interval_s": settings.ledger_flush_interval_s,
+        "writer": settings.ledger_writer,
+        "log": (settings.log_format, settings.log_level),
+    }
     if settings.database_url:
-        return Ledger(
-            settings.database_url, convert=convert, queue_items=queue, flush_interval_s=interval
-        )
-    return Ledger.for_data_dir(
-        settings.data_dir, convert=convert, queue_items=queue, flush_interval_s=interval
-    )
+        return Ledger(settings.database_url, **options)
+    return Ledger.for_data_dir(settings.data_dir, **options)
 
 
 def build_server(

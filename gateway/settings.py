@@ -46,6 +46,9 @@ class GatewaySettings(BaseSettings):
     ledger_queue_answers: int = Field(default=20_000, gt=0)
     # How long the writer lets answers gather before a write: fewer, larger transactions.
     ledger_flush_interval_s: float = Field(default=0.2, gt=0)
+    # process: answers are converted and written in a process of the ledger's own, off the
+    # gateway's GIL; thread: in a thread of the gateway (one process fewer, slower under load).
+    ledger_writer: Literal["process", "thread"] = "process"
     # Shadow copies: at most this many in flight per shadow version (more are dropped and
     # counted), each under its own deadline.
     shadow_limit: int = Field(default=64, gt=0)

@@ -489,7 +489,8 @@ def test_a_stalled_database_never_blocks_record_and_memory_stays_bounded(url: st
 
 
 def test_database_errors_count_answers_as_failed_and_the_writer_goes_on(ledger: Ledger) -> None:
-    ledger._writer.retry_delays = (0.01, 0.01)
+    assert isinstance(ledger._writer, writer.BatchWriter)
+    ledger._writer.handler.retry_delays = (0.01, 0.01)
     engine = sql_engine(ledger.url)
     answers_table.drop(engine)
     record_all(ledger, [answer(f"lost{i}", 2) for i in range(10)])

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.ledger.writer import BatchWriter
+from gateway.ledger.writer import BatchHandler, BatchWriter, Bounds
 from gateway.metrics import Metrics, serve
 from gateway.wire import leading_string
 from greenroom_client.control import ControlClient
@@ -413,9 +413,11 @@ def test_ledger_lag_is_the_age_of_the_oldest_waiting_answer() -> None:
         release.wait(10)
         written.extend(batch)
 
+    handler: BatchHandler[Any] = BatchHandler(
+        write, lambda item: (item, 1), is_transient=lambda _: False
+    )
     writer: BatchWriter[Any] = BatchWriter(
-        write, lambda item: (item, 1), is_transient=lambda _: False,
-        queue_items=100, queue_bytes=1 << 20, batch_items=1, flush_interval_s=0.0,
+        handler, Bounds(queue_items=100, queue_bytes=1 << 20, batch_items=1, flush_interval_s=0.0)
     )  # fmt: skip
     writer.start()
     try:

@@ -9,10 +9,11 @@ thread calls them (the gateway runs those in a worker thread, never on the event
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
@@ -29,16 +30,28 @@ from gateway.ledger.records import (
 )
 from gateway.ledger.schema import inputs
 from gateway.ledger.store import Store, answer_params, is_transient
-from gateway.ledger.writer import BatchWriter
+from gateway.ledger.writer import (
+    RETRY_DELAYS,
+    BatchHandler,
+    BatchQueue,
+    BatchWriter,
+    Bounds,
+)
+from gateway.ledger.writer_process import ProcessWriter, WriterConfig
 
 FEEDBACK_FLUSH_TIMEOUT_S = 5.0
+
+Convert = Callable[[Any], Answer | InputSample | None]
 
 
 class Ledger:
     """Answers, feedback and deployments in SQLite (default) or PostgreSQL.
 
     ``record`` takes whatever the caller has at hand (``convert`` turns it into an
-    ``Answer`` in the writer thread; without ``convert`` it must be an ``Answer``).
+    ``Answer`` in the writer; without ``convert`` it must be an ``Answer``).
+    ``writer="process"`` converts and writes in a process of its own (``ProcessWriter``:
+    the gateway's event loop then never waits on the writer for the GIL); ``convert``
+    must then be importable by name, and ``log`` is that process's (format, level).
     The queue is bounded by ``queue_items`` and by ``queue_bytes`` of caller-declared
     weight; the writer writes up to ``batch_items`` answers per transaction, waiting at
     most ``flush_interval_s`` for a batch to fill.
@@ -48,52 +61,37 @@ class Ledger:
         self,
         url: str,
         *,
-        convert: Callable[[Any], Answer | InputSample | None] | None = None,
+        convert: Convert | None = None,
         queue_items: int = 20_000,
         queue_bytes: int = 256 * 2**20,
         batch_items: int = 500,
         flush_interval_s: float = 0.05,
+        writer: Literal["thread", "process"] = "thread",
+        log: tuple[str, str] = ("console", "info"),
     ) -> None:
         self.url = url
         self._store = Store(url)
         self.governance = Governance(self._store.engine)
-        self._convert = convert
-        self._writer: BatchWriter[tuple[sa.Table, dict[str, Any]]] = BatchWriter(
-            self._store.insert,
-            self._prepare,
-            is_transient=is_transient,
-            queue_items=queue_items,
-            queue_bytes=queue_bytes,
-            batch_items=batch_items,
-            flush_interval_s=flush_interval_s,
-        )
+        bounds = Bounds(queue_items, queue_bytes, batch_items, flush_interval_s)
+        self._writer: BatchQueue
+        prepare = functools.partial(prepare_item, convert)
+        if writer == "process":
+            self._writer = ProcessWriter(WriterConfig(url, prepare, RETRY_DELAYS, *log), bounds)
+        else:
+            handler = BatchHandler(self._store.insert, prepare, is_transient=is_transient)
+            self._writer = BatchWriter(handler, bounds)
 
     @classmethod
-    def for_data_dir(
-        cls,
-        data_dir: Path,
-        *,
-        convert: Callable[[Any], Answer | InputSample | None] | None = None,
-        queue_items: int = 20_000,
-        queue_bytes: int = 256 * 2**20,
-        batch_items: int = 500,
-        flush_interval_s: float = 0.05,
-    ) -> Ledger:
-        """The embedded default: ``<data_dir>/ledger.db``, directory created."""
+    def for_data_dir(cls, data_dir: Path, **options: Any) -> Ledger:
+        """The embedded default: ``<data_dir>/ledger.db``, directory created; ``options``
+        as for ``Ledger``."""
         data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(
-            f"sqlite:///{(data_dir / 'ledger.db').resolve()}",
-            convert=convert,
-            queue_items=queue_items,
-            queue_bytes=queue_bytes,
-            batch_items=batch_items,
-            flush_interval_s=flush_interval_s,
-        )
+        return cls(f"sqlite:///{(data_dir / 'ledger.db').resolve()}", **options)
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Migrate to the newest schema, then start the writer thread."""
+        """Migrate to the newest schema, then start the writer."""
         self._store.migrate()
         self._writer.start()
 
@@ -114,17 +112,6 @@ class Ledger:
         except Exception:  # the answer to the client matters more than its record
             with contextlib.suppress(Exception):
                 self._writer.drop()
-
-    def _prepare(self, item: Any) -> tuple[tuple[sa.Table, dict[str, Any]], int] | None:
-        """Writer thread: convert the item, then pack it into one row's parameters. A
-        sampled input counts no prediction rows."""
-        plain = self._convert is None or isinstance(item, Answer | InputSample)
-        converted = item if plain else self._convert(item)  # type: ignore[misc]
-        if converted is None:
-            return None
-        if isinstance(converted, InputSample):
-            return (inputs, input_params(converted)), 0
-        return answer_params(converted)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything recorded so far is written (or counted as failed)."""
@@ -237,3 +224,17 @@ def _feedback_problem(item: object) -> str | None:
     if not isinstance(truth, str) or not truth:
         return "truth is empty"
     return None
+
+
+def prepare_item(
+    convert: Convert | None, item: Any
+) -> tuple[tuple[sa.Table, dict[str, Any]], int] | None:
+    """Writer thread or process: convert the item, then pack it into one row's
+    parameters. A sampled input counts no prediction rows."""
+    plain = convert is None or isinstance(item, Answer | InputSample)
+    converted = item if plain else convert(item)  # type: ignore[misc]
+    if converted is None:
+        return None
+    if isinstance(converted, InputSample):
+        return (inputs, input_params(converted)), 0
+    return answer_params(converted)

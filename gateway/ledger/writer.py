@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -31,53 +32,48 @@ RETRY_DELAYS = (0.1, 0.3, 1.0, 2.0)
 Prepared = tuple[P, int]
 
 
-class BatchWriter(Generic[P]):
-    """Queue items from any thread; one writer thread prepares them and hands them to
-    ``write`` in batches.
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The queue's bounds (items, and bytes the callers declare) and its batching: up to
+    ``batch_items`` per write, waiting at most ``flush_interval_s`` for a batch to fill."""
 
-    ``prepare`` turns a queued item into something ``write`` accepts plus its row count,
-    or ``None`` to skip the item; when it raises, the item counts as failed.
+    queue_items: int = 20_000
+    queue_bytes: int = 256 * 2**20
+    batch_items: int = 500
+    flush_interval_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        if min(self.queue_items, self.queue_bytes, self.batch_items) < 1:
+            raise ValueError("queue_items, queue_bytes and batch_items must be >= 1")
+        if self.flush_interval_s < 0:
+            raise ValueError("flush_interval_s must be >= 0")
+
+
+class BatchQueue:
+    """Queue items from any thread; one background thread takes them in batches (``_run``:
+    ``BatchWriter`` writes them itself, ``ProcessWriter`` ships them to a process).
 
     Accounting (in items): every accepted item is eventually *handled*, i.e. written,
     skipped or counted as failed. ``flush`` waits for the handled count to reach the
     accepted count it saw.
     """
 
-    def __init__(
-        self,
-        write: Callable[[Sequence[P]], None],
-        prepare: Callable[[Any], Prepared[P] | None],
-        *,
-        is_transient: Callable[[BaseException], bool],
-        queue_items: int,
-        queue_bytes: int,
-        batch_items: int,
-        flush_interval_s: float,
-        retry_delays: Sequence[float] = RETRY_DELAYS,
-        name: str = "ledger-writer",
-    ) -> None:
-        if queue_items < 1 or queue_bytes < 1 or batch_items < 1 or flush_interval_s < 0:
-            raise ValueError(
-                "queue_items, queue_bytes and batch_items must be >= 1, flush_interval_s >= 0"
-            )
-        self._write = write
-        self._prepare = prepare
-        self._is_transient = is_transient
-        self._queue_items = queue_items
-        self._queue_bytes = queue_bytes
-        self._batch_items = batch_items
-        self._flush_interval_s = flush_interval_s
-        self.retry_delays = tuple(retry_delays)
+    def __init__(self, bounds: Bounds, *, name: str = "ledger-writer") -> None:
+        self._queue_items = bounds.queue_items
+        self._queue_bytes = bounds.queue_bytes
+        self._batch_items = bounds.batch_items
+        self._flush_interval_s = bounds.flush_interval_s
         self._name = name
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the writer waits here for items
         self._done = threading.Condition(self._lock)  # flush() waits here for progress
         # (item, weight, time.monotonic() when queued)
         self._queue: deque[tuple[Any, int, float]] = deque()
-        self._queued_bytes = 0  # weight of the queue and of the batch in flight
-        self._in_flight = 0
-        self._in_flight_since = 0.0  # when the oldest item of the batch in flight was queued
-        self._in_flight_bytes = 0
+        self._queued_bytes = 0  # weight of the queue and of the batches in flight
+        # Batches taken but not yet settled, oldest first: (items, weight, when the oldest
+        # was queued). The thread has at most one; the writer process may have several.
+        self._flight: deque[tuple[int, int, float]] = deque()
+        self._in_flight = 0  # items in those batches
         self._accepted = 0
         self._handled = 0
         self._written = 0
@@ -86,7 +82,6 @@ class BatchWriter(Generic[P]):
         self._failed = 0
         self._batches = 0
         self._last_error: str | None = None
-        self._prepare_errors_logged: set[str] = set()  # writer thread only
         self._flushers = 0
         self._stopping = False
         self._closed = False
@@ -167,8 +162,8 @@ class BatchWriter(Generic[P]):
         """How long the oldest item not yet handled (queued, or in the batch being
         written) has waited; 0 when none waits."""
         with self._lock:
-            if self._in_flight:
-                oldest = self._in_flight_since
+            if self._flight:
+                oldest = self._flight[0][2]
             elif self._queue:
                 oldest = self._queue[0][2]
             else:
@@ -188,20 +183,10 @@ class BatchWriter(Generic[P]):
                 last_error=self._last_error,
             )
 
-    # -- writer thread ------------------------------------------------------------------
+    # -- the background thread ----------------------------------------------------------
 
     def _run(self) -> None:
-        while (batch := self._take()) is not None:
-            prepared, failed, error = self._prepare_all(batch)
-            written, rows = 0, 0
-            if prepared:
-                try:
-                    written, rows, write_error = self._deliver(prepared)
-                except Exception as e:  # a bug in our own code must not end the thread
-                    write_error = describe(e)
-                error = write_error or error
-                failed += len(prepared) - written
-            self._settle(len(batch), written, rows, failed, error, wrote=bool(prepared))
+        raise NotImplementedError
 
     def _take(self) -> list[Any] | None:
         """The next batch: up to batch_items, waiting at most flush_interval_s for it to
@@ -218,17 +203,92 @@ class BatchWriter(Generic[P]):
             size = min(self._batch_items, len(self._queue))
             batch = []
             weight = 0
-            self._in_flight_since = self._queue[0][2]
+            since = self._queue[0][2]
             for _ in range(size):
                 item, item_weight, _ = self._queue.popleft()
                 batch.append(item)
                 weight += item_weight
-            self._in_flight = size
-            self._in_flight_bytes = weight
+            self._flight.append((size, weight, since))
+            self._in_flight += size
             return batch
 
-    def _prepare_all(self, batch: list[Any]) -> tuple[list[Prepared[P]], int, str | None]:
-        """Prepare each item outside the lock. Returns what to write, how many items
+    def _settle(self, outcome: Outcome | None, error: str | None = None) -> None:
+        """The oldest batch in flight is handled (batches settle in the order taken);
+        ``None``: it was lost whole, to ``error``."""
+        if outcome is None:
+            outcome = Outcome(0, 0, -1, error, wrote=False)
+        with self._lock:
+            size, weight, _ = self._flight.popleft()
+            self._queued_bytes -= weight
+            self._in_flight -= size
+            self._handled += size
+            self._written += outcome.written
+            self._written_rows += outcome.rows
+            self._failed += size if outcome.failed < 0 else outcome.failed
+            self._batches += outcome.wrote
+            if outcome.error is not None:
+                self._last_error = outcome.error
+            self._done.notify_all()
+
+
+class BatchWriter(BatchQueue, Generic[P]):
+    """The writer thread prepares and writes each batch itself, with ``handler``."""
+
+    def __init__(
+        self, handler: BatchHandler[P], bounds: Bounds, *, name: str = "ledger-writer"
+    ) -> None:
+        super().__init__(bounds, name=name)
+        self.handler = handler
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            self._settle(self.handler.handle(batch))
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one batch: ``written`` items holding ``rows`` rows are in the
+    database, ``failed`` were lost (the rest were skipped), ``error`` the last reason."""
+
+    written: int
+    rows: int
+    failed: int
+    error: str | None
+    wrote: bool  # a transaction was attempted
+
+
+class BatchHandler(Generic[P]):
+    """Prepares a batch and writes it, retrying what is worth retrying. The writer thread
+    calls it, or the writer process (``gateway.ledger.writer_process``)."""
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[P]], None],
+        prepare: Callable[[Any], Prepared[P] | None],
+        *,
+        is_transient: Callable[[BaseException], bool],
+        retry_delays: Sequence[float] = RETRY_DELAYS,
+    ) -> None:
+        self._write = write
+        self._prepare = prepare
+        self._is_transient = is_transient
+        self.retry_delays = tuple(retry_delays)
+        self._errors_logged: set[str] = set()
+
+    def handle(self, batch: Sequence[Any]) -> Outcome:
+        prepared, failed, error = self._prepare_all(batch)
+        written, rows = 0, 0
+        if prepared:
+            try:
+                written, rows, write_error = self._deliver(prepared)
+            except Exception as e:  # a bug in our own code must not end the writer
+                write_error = describe(e)
+            error = write_error or error
+            failed += len(prepared) - written
+        return Outcome(written, rows, failed, error, wrote=bool(prepared))
+
+    def _prepare_all(self, batch: Sequence[Any]) -> tuple[list[Prepared[P]], int, str | None]:
+        """Prepare each item. Returns what to write, how many items
         failed to prepare and the last such error; skipped items are simply left out."""
         prepared: list[Prepared[P]] = []
         failed = 0
@@ -240,8 +300,8 @@ class BatchWriter(Generic[P]):
                 failed += 1
                 error = describe(e)
                 kind = type(e).__qualname__
-                if kind not in self._prepare_errors_logged:  # once per error type
-                    self._prepare_errors_logged.add(kind)
+                if kind not in self._errors_logged:  # once per error type
+                    self._errors_logged.add(kind)
                     log.warning("ledger could not convert an item", error=error)
                 continue
             if result is not None:
@@ -281,22 +341,6 @@ class BatchWriter(Generic[P]):
             written += 1
             rows += record_rows
         return written, rows
-
-    def _settle(
-        self, size: int, written: int, rows: int, failed: int, error: str | None, *, wrote: bool
-    ) -> None:
-        with self._lock:
-            self._queued_bytes -= self._in_flight_bytes
-            self._in_flight = 0
-            self._in_flight_bytes = 0
-            self._handled += size
-            self._written += written
-            self._written_rows += rows
-            self._failed += failed
-            self._batches += wrote
-            if error is not None:
-                self._last_error = error
-            self._done.notify_all()
 
 
 def describe(error: BaseException) -> str:
