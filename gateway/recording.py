@@ -5,8 +5,8 @@ scores (columns in the order of model.yaml's ``classes``, or of the ``classes``
 parameter a runner puts on that output) and a regressor's ``prediction`` its value.
 
 The event loop only queues the serialized reply (``Pending``, O(1)); the ledger's writer
-thread turns it into an ``Answer`` with ``to_answer``, so recording a 1,000-row answer
-costs the answer path nothing but an append.
+(a process of its own by default, else a thread) turns it into an ``Answer`` with
+``to_answer``, so recording a 1,000-row answer costs the answer path nothing but an append.
 """
 
 from __future__ import annotations
@@ -122,13 +122,13 @@ def _text(value: Any) -> Any:
 
 
 def to_input_sample(item: PendingInputs) -> InputSample:
-    """Writer thread: a sampled request's rows."""
+    """The writer: a sampled request's rows."""
     columns, rows = input_rows(item.request, item.features)
     return InputSample(item.request.model_name, item.request_id, columns, rows, item.created_at)
 
 
 def convert(item: Pending | PendingInputs) -> Answer | InputSample:
-    """What the ledger's writer thread calls for every queued item."""
+    """What the ledger's writer calls for every queued item."""
     return to_input_sample(item) if isinstance(item, PendingInputs) else to_answer(item)
 
 
@@ -143,49 +143,65 @@ def _texts(array: npt.NDArray[Any]) -> tuple[str, ...]:
     return tuple(flat.astype(str).tolist())
 
 
-def _classes(response: pb.ModelInferResponse, roles: OutputRoles) -> tuple[str, ...] | None:
-    """model.yaml's classes, else the ``classes`` parameter a runner puts on probabilities."""
-    if roles.classes is not None or roles.probabilities is None:
-        return roles.classes
-    for tensor in response.outputs:
-        if tensor.name == roles.probabilities and "classes" in tensor.parameters:
-            return _parsed_classes(tensor.parameters["classes"].string_param)
-    return None
-
-
 @functools.lru_cache(maxsize=256)
 def _parsed_classes(text: str) -> tuple[str, ...]:
     """A runner sends the same classes on every answer: parse each text once."""
     return tuple(json.loads(text))
 
 
-def _decode_roles(
-    response: pb.ModelInferResponse, roles: OutputRoles
-) -> dict[str, npt.NDArray[Any]]:
-    """Only the outputs the ledger keeps: a model may answer much more (embeddings). Raw
-    numeric outputs are read straight from their bytes (a size that does not fit the shape
-    raises ValueError, and the answer counts as failed); anything else goes through
-    ``decode``."""
-    wanted = {roles.label, roles.value, roles.probabilities}
+@dataclass(frozen=True, slots=True)
+class _Outputs:
+    arrays: dict[str, npt.NDArray[Any]]  # only the outputs the ledger keeps
+    first_shape: tuple[int, ...]  # the first output's: the answer's rows
+    classes: str | None  # the ``classes`` parameter a runner put on probabilities
+
+
+def _read_outputs(response: pb.ModelInferResponse, roles: OutputRoles) -> _Outputs:
+    """One pass over the reply's outputs, reading each field once (every protobuf field
+    access builds a wrapper, and the writer does this thousands of times a second).
+
+    Only the outputs the ledger keeps are decoded: a model may answer much more
+    (embeddings). Raw numeric outputs are read straight from their bytes (a size that does
+    not fit the shape raises ValueError, and the answer counts as failed); anything else
+    goes through ``decode``."""
+    outputs = response.outputs
     raws = response.raw_output_contents
-    if raws and len(raws) != len(response.outputs):
-        raise ValueError(f"reply has {len(raws)} raw contents for {len(response.outputs)} outputs")
-    picked = [i for i, tensor in enumerate(response.outputs) if tensor.name in wanted]
-    if raws:
-        arrays: dict[str, npt.NDArray[Any]] = {}
-        for i in picked:
-            tensor = response.outputs[i]
-            dtype = DTYPES.get(tensor.datatype) if tensor.datatype != "BYTES" else None
+    if raws and len(raws) != len(outputs):
+        raise ValueError(f"reply has {len(raws)} raw contents for {len(outputs)} outputs")
+    wanted = {roles.label, roles.value, roles.probabilities}
+    want_classes = roles.classes is None and roles.probabilities is not None
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    picked: list[int] = []
+    first: tuple[int, ...] = ()
+    classes = None
+    fast = bool(raws)
+    for i, tensor in enumerate(outputs):
+        shape = tuple(tensor.shape)
+        if i == 0:
+            first = shape
+        name = tensor.name
+        if name not in wanted:
+            continue
+        picked.append(i)
+        if want_classes and name == roles.probabilities:
+            parameters = tensor.parameters
+            if "classes" in parameters:
+                classes = parameters["classes"].string_param
+        if fast:
+            datatype = tensor.datatype
+            dtype = DTYPES.get(datatype) if datatype != "BYTES" else None
             if dtype is None:
-                break
-            arrays[tensor.name] = np.frombuffer(raws[i], dtype=dtype).reshape(tuple(tensor.shape))
-        else:
-            return arrays
-    return decode([response.outputs[i] for i in picked], [raws[i] for i in picked] if raws else [])
+                fast = False
+            else:
+                arrays[name] = np.frombuffer(raws[i], dtype=dtype).reshape(shape)
+    if not fast:
+        tensors = [outputs[i] for i in picked]
+        arrays = decode(tensors, [raws[i] for i in picked] if raws else [])
+    return _Outputs(arrays, first, classes)
 
 
 def to_answer(item: Pending) -> Answer:
-    """Runs in the ledger's writer thread, never on the event loop."""
+    """Runs in the ledger's writer, never on the event loop."""
     if item.reply is None:
         return Answer(
             request_id=item.request_id, model=item.model, version=item.version, role=item.role,
@@ -194,8 +210,8 @@ def to_answer(item: Pending) -> Answer:
         )  # fmt: skip
     response = pb.ModelInferResponse.FromString(item.reply)
     roles = item.roles
-    arrays = _decode_roles(response, roles)
-    first = response.outputs[0].shape if response.outputs else ()
+    read = _read_outputs(response, roles)
+    arrays, first = read.arrays, read.first_shape
     rows = int(first[0]) if first else 1
     request_id = response.id or item.request_id
     if item.row_slice is not None:
@@ -216,7 +232,7 @@ def to_answer(item: Pending) -> Answer:
         labels=None if label is None else _texts(label),
         values=None if value is None else tuple(np.asarray(value, float).reshape(rows, -1)[:, 0]),
         probabilities=None if proba is None else np.asarray(proba, np.float64).reshape(rows, -1),
-        classes=_classes(response, roles),
+        classes=roles.classes if read.classes is None else _parsed_classes(read.classes),
         latency_ms=item.latency_ms,
         status="OK",
         created_at=item.created_at,

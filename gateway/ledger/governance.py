@@ -1,7 +1,7 @@
 """The ledger's governance tables: sampled inputs, the registry, references, the journal.
 
 Kept apart from ``store.py`` (answers, feedback, deployments) because nothing here is on
-the answer path except ``input_params``, which the writer thread calls. Every write is
+the answer path except ``input_params``, which the writer calls. Every write is
 one transaction; the journal and the registry are append-only (a version's record is
 inserted once and a second registration of it is refused by the primary key).
 """
@@ -30,7 +30,7 @@ class AlreadyRegistered(ValueError):
 
 
 def input_params(sample: InputSample) -> dict[str, Any]:
-    """Writer thread: one sampled request as one row's parameters."""
+    """The writer: one sampled request as one row's parameters."""
     if any(len(row) != len(sample.columns) for row in sample.rows):
         raise ValueError(f"input sample: rows do not have {len(sample.columns)} values")
     return {

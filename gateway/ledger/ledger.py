@@ -106,7 +106,7 @@ class Ledger:
         """Queue one item (an ``Answer``, or what ``convert`` takes) holding ``weight``
         bytes. O(1), non-blocking and never raising, because it runs on the event loop for
         every answer; an item over the queue's bounds is counted as dropped. Conversion
-        happens later, in the writer thread."""
+        happens later, in the writer."""
         try:
             self._writer.put(item, weight)
         except Exception:  # the answer to the client matters more than its record

@@ -1,9 +1,11 @@
-"""A bounded queue drained by one background thread that converts and writes in batches.
+"""A bounded queue drained by one background thread, in batches that are converted and
+written by that thread (``BatchWriter``) or by a process of their own (``ProcessWriter``,
+in ``writer_process.py``).
 
-Why a thread and not the event loop: a database write (an fsync, a lock held by another
-process, a PostgreSQL failover) can take seconds, and the gateway must keep answering
-meanwhile. So must turning a raw reply into a record: ``put`` only appends the caller's
-item under a lock, and the writer thread ``prepare``s it (decode, pack) just before writing.
+Why not the event loop: a database write (an fsync, a lock held by another process, a
+PostgreSQL failover) can take seconds, and the gateway must keep answering meanwhile.
+So must turning a raw reply into a record: ``put`` only appends the caller's item under
+a lock, and the ``BatchHandler`` ``prepare``s it (decode, pack) just before writing.
 When the queue is full, by item count or by the bytes the callers say their items hold,
 ``put`` drops and counts, so memory stays bounded however long the database stalls.
 """

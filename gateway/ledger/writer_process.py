@@ -97,6 +97,7 @@ class _Child:
                 [sys.executable, "-m", "gateway.ledger", "writer", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # the gateway's stdout carries its LISTENING line
             )
         except BaseException:
             ours.close()
@@ -110,9 +111,10 @@ class _Child:
         self.acked = 0
         self.dead = False
         self._settle = settle
-        send_frame(ours, config)
         self.reader = threading.Thread(target=self._read, name="ledger-writer-in", daemon=True)
         self.reader.start()
+        with contextlib.suppress(OSError):  # a writer gone at once: the reader sees EOF
+            send_frame(ours, config)
 
     def send(self, payload: bytes, count: int) -> str | None:
         """Ship one batch; the reason it could not be, or None."""
