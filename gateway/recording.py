@@ -11,8 +11,10 @@ The event loop only queues the serialized reply (``Pending``, O(1)); the ledger'
 
 from __future__ import annotations
 
+import array
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.ledger import Answer, Ledger, Role
-from gateway.ledger.records import InputSample
+from gateway.ledger.records import InputSample, PackedAnswer
 from greenroom_client.tensors import DTYPES, TensorSpec, decode
 from greenroom_proto.inference import grpc_service_pb2 as pb
 
@@ -127,9 +129,12 @@ def to_input_sample(item: PendingInputs) -> InputSample:
     return InputSample(item.request.model_name, item.request_id, columns, rows, item.created_at)
 
 
-def convert(item: Pending | PendingInputs) -> Answer | InputSample:
-    """What the ledger's writer calls for every queued item."""
-    return to_input_sample(item) if isinstance(item, PendingInputs) else to_answer(item)
+def convert(item: Pending | PendingInputs) -> Answer | PackedAnswer | InputSample:
+    """What the ledger's writer calls for every queued item: the common reply goes the
+    fast way (``to_packed``), anything else through ``to_answer``."""
+    if isinstance(item, PendingInputs):
+        return to_input_sample(item)
+    return to_packed(item) or to_answer(item)
 
 
 def _texts(array: npt.NDArray[Any]) -> tuple[str, ...]:
@@ -152,7 +157,7 @@ def _parsed_classes(text: str) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class _Outputs:
     arrays: dict[str, npt.NDArray[Any]]  # only the outputs the ledger keeps
-    first_shape: tuple[int, ...]  # the first output's: the answer's rows
+    first_shape: list[int]  # the first output's: the answer's rows
     classes: str | None  # the ``classes`` parameter a runner put on probabilities
 
 
@@ -172,11 +177,11 @@ def _read_outputs(response: pb.ModelInferResponse, roles: OutputRoles) -> _Outpu
     want_classes = roles.classes is None and roles.probabilities is not None
     arrays: dict[str, npt.NDArray[Any]] = {}
     picked: list[int] = []
-    first: tuple[int, ...] = ()
+    first: list[int] = []
     classes = None
     fast = bool(raws)
     for i, tensor in enumerate(outputs):
-        shape = tuple(tensor.shape)
+        shape = tensor.shape[:]
         if i == 0:
             first = shape
         name = tensor.name
@@ -316,3 +321,100 @@ class Recorder:
             status=status, request_rows=rows,
         )  # fmt: skip
         self.ledger.record(pending)
+
+
+# The fast path's datatypes: the integer labels it reads as they are (array typecode,
+# bytes per item), and the scores it stores as float64.
+_INT_FORMATS = {"INT64": ("q", 8), "INT32": ("i", 4)}
+_FLOATS: dict[str, np.dtype[Any]] = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
+_Output = tuple[str, list[int], bytes]  # datatype, shape, raw contents
+
+
+def to_packed(item: Pending) -> PackedAnswer | None:
+    """The common reply straight into its stored form, without numpy arrays for 1-row
+    answers: raw contents, integer labels of shape [rows] or [rows, 1], float scores of
+    shape [rows, k] and values of shape [rows] or [rows, 1], each as many bytes as its
+    shape says. None for anything else (and for a reply that does not add up), which
+    ``to_answer`` then converts, or rejects with its reasons. Stores exactly what
+    ``to_answer`` would (``tests/test_recording.py`` checks it on generated replies)."""
+    if item.reply is None or sys.byteorder != "little":
+        return None
+    response = pb.ModelInferResponse.FromString(item.reply)
+    outputs, raws = response.outputs, response.raw_output_contents
+    if not raws or len(raws) != len(outputs):
+        return None
+    roles = item.roles
+    found: dict[str, _Output] = {}
+    first: list[int] = []
+    classes = roles.classes
+    for i, tensor in enumerate(outputs):
+        shape = tensor.shape[:]  # a list: much cheaper than tuple() of the repeated field
+        if i == 0:
+            first = shape
+        name = tensor.name
+        if name in (roles.label, roles.value, roles.probabilities):
+            found[name] = (tensor.datatype, shape, raws[i])
+            if name == roles.probabilities and classes is None:
+                parameters = tensor.parameters
+                if "classes" in parameters:
+                    classes = _parsed_classes(parameters["classes"].string_param)
+    rows = int(first[0]) if first else 1
+    start, stop = item.row_slice or (0, rows)
+    if not 0 <= start < stop <= rows:  # no rows: to_answer's (it refuses empty scores)
+        return None
+    try:
+        labels = _packed_labels(found.get(roles.label or ""), rows, start, stop)
+        values = _packed_floats(found.get(roles.value or ""), rows, 1, start, stop)
+        k = _columns(found.get(roles.probabilities or ""), rows)
+        proba = _packed_floats(found.get(roles.probabilities or ""), rows, k, start, stop)
+    except _NotFast:
+        return None
+    return PackedAnswer(
+        request_id=item.request_id if item.row_slice else (response.id or item.request_id),
+        model=item.model, version=item.version, role=item.role, rows=stop - start,
+        labels=labels, values=values, probabilities=proba, k=k if proba is not None else 0,
+        classes=classes, latency_ms=item.latency_ms, created_at=item.created_at,
+    )  # fmt: skip
+
+
+class _NotFast(Exception):
+    """This output is not one the fast path reads."""
+
+
+def _packed_labels(output: _Output | None, rows: int, start: int, stop: int) -> str | None:
+    if output is None:
+        return None
+    datatype, shape, raw = output
+    fmt, size = _INT_FORMATS.get(datatype, ("", 0))
+    if not fmt or shape not in ([rows], [rows, 1]) or len(raw) != rows * size:
+        raise _NotFast
+    values = array.array(fmt, raw)[start:stop].tolist()
+    # What json.dumps([str(v) for v in values]) writes (digits need no escaping), cheaper.
+    return '["' + '", "'.join(map(str, values)) + '"]' if values else "[]"
+
+
+def _columns(output: _Output | None, rows: int) -> int:
+    if output is None:
+        return 0
+    shape = output[1]
+    if len(shape) != 2 or shape[0] != rows or shape[1] < 1:
+        raise _NotFast
+    return shape[1]
+
+
+def _packed_floats(
+    output: _Output | None, rows: int, k: int, start: int, stop: int
+) -> bytes | None:
+    """Little-endian float64 bytes of rows start..stop, ``k`` columns (1: shape [rows] or
+    [rows, 1])."""
+    if output is None:
+        return None
+    datatype, shape, raw = output
+    dtype = _FLOATS.get(datatype)
+    fits = shape == [rows, k] or (k == 1 and shape == [rows])
+    if dtype is None or not fits or len(raw) != rows * k * dtype.itemsize:
+        raise _NotFast
+    part = raw[start * k * dtype.itemsize : stop * k * dtype.itemsize]
+    if dtype.itemsize == 8:
+        return part
+    return bytes(np.frombuffer(part, dtype=dtype).astype("<f8").tobytes())

@@ -1,14 +1,21 @@
 """What the ledger's writer makes of a reply (gateway.recording.to_answer): the same
-answer from raw and typed outputs, string labels, and a reply that does not add up."""
+answer from raw and typed outputs, string labels, a reply that does not add up, and the
+fast path (to_packed) storing exactly what to_answer stores."""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.recording import OutputRoles, Pending, to_answer
+from gateway.ledger.records import PackedAnswer
+from gateway.ledger.store import answer_params
+from gateway.recording import OutputRoles, Pending, convert, to_answer, to_packed
 from greenroom_client.tensors import encode
 from greenroom_proto.inference import grpc_service_pb2 as pb
 
@@ -57,3 +64,97 @@ def test_a_raw_output_that_does_not_fit_its_shape_fails() -> None:
     response.raw_output_contents[1] = response.raw_output_contents[1][:-8]  # one value short
     with pytest.raises(ValueError):
         to_answer(pending(response.SerializeToString()))
+
+
+# -- the fast path (to_packed) stores exactly what to_answer would ------------------------
+
+NUMPY_OF = {"INT64": np.int64, "INT32": np.int32, "FP64": np.float64, "FP32": np.float32}
+
+
+def stored(convert: Any, item: Pending) -> dict[str, Any] | str:
+    """The row the ledger would store, or "failed" (the writer counts any exception raised
+    in converting or packing as a failed answer)."""
+    try:
+        (_, params), _ = answer_params(convert(item))
+    except Exception:
+        return "failed"
+    return params
+
+
+@st.composite
+def replies(draw: st.DrawFn) -> Pending:
+    """Replies of every shape the fast path reads and many it must leave to to_answer.
+    Half are *tidy* (what the fast path is for, so that it is exercised); the others may
+    have other datatypes and shapes, typed contents, an output cut short, a merged reply's
+    slice beyond its rows, or an extra first output (which sets the rows)."""
+    tidy = draw(st.booleans())
+
+    def pick(good: list[Any], bad: list[Any]) -> Any:
+        return draw(st.sampled_from(good if tidy else good + bad))
+
+    rows = draw(st.integers(1 if tidy else 0, 4))
+    k = draw(st.integers(1, 3))
+    outputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    if draw(st.booleans()):
+        embedding_rows = pick([rows], [rows + 1])
+        outputs["embedding"] = np.ones((embedding_rows, 3), np.float32)
+        datatypes["embedding"] = "FP32"
+    label_type = pick(["INT64", "INT32", None], ["FP64"])
+    if label_type:
+        shape = pick([(rows,), (rows, 1)], [(rows, 2)])
+        labels = np.arange(int(np.prod(shape))).reshape(shape)
+        outputs["label"] = labels.astype(NUMPY_OF[label_type])
+        datatypes["label"] = label_type
+    proba_type = pick(["FP64", "FP32", None], ["INT64"])
+    if proba_type:
+        shape = pick([(rows, k)], [(rows,)])
+        values = np.linspace(0, 1, int(np.prod(shape)) or 1)[: int(np.prod(shape))]
+        outputs["probabilities"] = values.reshape(shape).astype(NUMPY_OF[proba_type])
+        datatypes["probabilities"] = proba_type
+    value_type = pick(["FP64", "FP32", None], [])
+    if value_type:
+        shape = pick([(rows,), (rows, 1)], [(rows, 2)])
+        outputs["prediction"] = np.full(shape, 2.5).astype(NUMPY_OF[value_type])
+        datatypes["prediction"] = value_type
+    raw = pick([True], [False]) or not outputs
+    reply_id = draw(st.sampled_from(["", "r1"]))
+    response = pb.ModelInferResponse(model_name="m", model_version="1", id=reply_id)
+    encode(response.outputs, response.raw_output_contents, outputs, raw, datatypes)
+    if "probabilities" in outputs and draw(st.booleans()):
+        index = list(outputs).index("probabilities")
+        response.outputs[index].parameters["classes"].string_param = json.dumps(
+            [f"c{i}" for i in range(k)]
+        )
+    if not tidy and raw and len(outputs) > 0 and draw(st.booleans()):  # one output cut short
+        index = draw(st.integers(0, len(outputs) - 1))
+        response.raw_output_contents[index] = response.raw_output_contents[index][:-1]
+    classes = draw(st.sampled_from([None, tuple(f"m{i}" for i in range(k))]))
+    roles = OutputRoles("label", "prediction", "probabilities", classes)
+    row_slice = pick([None, (0, rows), (rows // 2, rows)], [(0, rows + 1), (0, 0)])
+    return Pending(
+        "m", "1", "shadow", "mine", 1.5, roles, 12.0, response.SerializeToString(),
+        row_slice=row_slice,
+    )  # fmt: skip
+
+
+@given(replies())
+@settings(max_examples=400, deadline=None)
+def test_the_fast_path_stores_what_to_answer_stores(item: Pending) -> None:
+    slow = stored(to_answer, item)
+    packed = to_packed(item)
+    if packed is not None:  # when the fast path takes a reply, its row is the same
+        assert stored(lambda _: packed, item) == slow
+    assert stored(convert, item) == slow
+
+
+def test_the_common_reply_takes_the_fast_path() -> None:
+    for rows in (1, 1000):
+        labels = np.arange(rows, dtype=np.int64) % 2
+        proba = np.tile([0.25, 0.75], (rows, 1))
+        item = pending(reply(labels, proba, True))
+        packed = to_packed(item)
+        assert isinstance(packed, PackedAnswer)
+        assert stored(lambda _, p=packed: p, item) == stored(to_answer, item)
+        assert packed.labels == json.dumps([str(v) for v in labels])
+    assert to_packed(pending(reply(labels, proba, False))) is None  # typed: to_answer's

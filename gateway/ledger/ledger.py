@@ -26,6 +26,7 @@ from gateway.ledger.records import (
     JournalEntry,
     LabelledRow,
     LedgerStats,
+    PackedAnswer,
     PairedRow,
 )
 from gateway.ledger.schema import inputs
@@ -41,7 +42,7 @@ from gateway.ledger.writer_process import ProcessWriter, WriterConfig
 
 FEEDBACK_FLUSH_TIMEOUT_S = 5.0
 
-Convert = Callable[[Any], Answer | InputSample | None]
+Convert = Callable[[Any], Answer | PackedAnswer | InputSample | None]
 
 
 class Ledger:

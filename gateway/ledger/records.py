@@ -39,6 +39,29 @@ class Answer:
     created_at: float
 
 
+@dataclass(slots=True)
+class PackedAnswer:
+    """An ``Answer`` already in its stored form: the writer's fast path for the common
+    reply (raw integer labels, float scores), built without numpy arrays. ``labels`` is the
+    JSON list of the labels as text; ``values`` and ``probabilities`` are little-endian
+    float64 bytes, row-major with ``k`` columns. ``store.answer_params`` checks the sizes.
+    Not frozen: the writer makes thousands a second, and a frozen dataclass's ``__init__``
+    pays a ``object.__setattr__`` call per field."""
+
+    request_id: str
+    model: str
+    version: str
+    role: Role
+    rows: int
+    labels: str | None
+    values: bytes | None
+    probabilities: bytes | None
+    k: int
+    classes: tuple[str, ...] | None
+    latency_ms: float
+    created_at: float
+
+
 @dataclass(frozen=True, slots=True)
 class LabelledRow:
     """One row of an answer, joined with its ground truth (``None`` until feedback arrives)."""

@@ -28,6 +28,7 @@ from gateway.ledger.records import (
     HistoryEntry,
     JournalEntry,
     LabelledRow,
+    PackedAnswer,
     PairedRow,
 )
 from gateway.ledger.schema import answers, deployment_history, deployments, feedback
@@ -300,14 +301,16 @@ ANSWER_KEYS = (
 )  # fmt: skip
 
 
-def answer_params(answer: Answer) -> tuple[tuple[sa.Table, dict[str, Any]], int]:
+def answer_params(answer: Answer | PackedAnswer) -> tuple[tuple[sa.Table, dict[str, Any]], int]:
     """Pack an answer into one row's parameters, and say how many rows it holds.
 
     Runs in the writer (thread or process). Raises (TypeError, ValueError) for an answer
     that is not self-consistent, so that it is counted as failed rather than stored
-    unreadable.
-    Plain Python values only: numpy scalars would reach neither SQLite nor psycopg.
+    unreadable. Plain Python values only: numpy scalars would reach neither SQLite nor
+    psycopg.
     """
+    if isinstance(answer, PackedAnswer):
+        return _packed_params(answer)
     if not isinstance(answer, Answer):
         raise TypeError(f"expected an Answer, got {type(answer).__name__}")
     rows = operator.index(answer.rows)
@@ -331,7 +334,42 @@ def answer_params(answer: Answer) -> tuple[tuple[sa.Table, dict[str, Any]], int]
                 raise ValueError(f"answer probabilities: shape {matrix.shape}, want ({rows}, k)")
             k = int(matrix.shape[1])
             probabilities = matrix.tobytes()  # C order: row-major
-    params = {
+    params = _row(
+        answer, rows=rows, labels=labels, value_data=value_data,
+        probabilities=probabilities, k=k, status=answer.status,
+    )  # fmt: skip
+    return (answers, params), rows
+
+
+def _packed_params(answer: PackedAnswer) -> tuple[tuple[sa.Table, dict[str, Any]], int]:
+    rows, k = answer.rows, answer.k
+    if rows < 0 or k < 0:
+        raise ValueError(f"answer rows and k must be >= 0, got {rows} and {k}")
+    if answer.values is not None and len(answer.values) != rows * FLOAT.itemsize:
+        raise ValueError(f"answer values: {len(answer.values)} bytes for {rows} rows")
+    if answer.probabilities is not None and len(answer.probabilities) != rows * k * 8:
+        raise ValueError(
+            f"answer probabilities: {len(answer.probabilities)} bytes, want ({rows}, {k})"
+        )
+    params = _row(
+        answer, rows=rows, labels=answer.labels, value_data=answer.values,
+        probabilities=answer.probabilities, k=k, status="OK",
+    )  # fmt: skip
+    return (answers, params), rows
+
+
+def _row(
+    answer: Answer | PackedAnswer,
+    *,
+    rows: int,
+    labels: str | None,
+    value_data: bytes | None,
+    probabilities: bytes | None,
+    k: int,
+    status: str,
+) -> dict[str, Any]:
+    """The one place an answer's row is laid out (its keys are ``ANSWER_KEYS``)."""
+    return {
         "model": answer.model,
         "request_id": answer.request_id,
         "version": answer.version,
@@ -343,10 +381,9 @@ def answer_params(answer: Answer) -> tuple[tuple[sa.Table, dict[str, Any]], int]
         "classes": None if answer.classes is None else _dump_classes(tuple(answer.classes)),
         "k": k,
         "latency_ms": float(answer.latency_ms),
-        "status": answer.status,
+        "status": status,
         "created_at": float(answer.created_at),
     }
-    return (answers, params), rows
 
 
 @lru_cache(maxsize=1024)
