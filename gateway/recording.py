@@ -154,55 +154,53 @@ def _parsed_classes(text: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
 
 
-@dataclass(frozen=True, slots=True)
-class _Outputs:
-    arrays: dict[str, npt.NDArray[Any]]  # only the outputs the ledger keeps
+# One output the ledger keeps: its index in the reply, name, datatype and shape.
+_Picked = tuple[int, str, str, list[int]]
+
+
+@dataclass(slots=True)  # not frozen: made for every answer, and frozen costs a setattr a field
+class _Scan:
+    picked: list[_Picked]  # the outputs the ledger keeps, in reply order
     first_shape: list[int]  # the first output's: the answer's rows
-    classes: str | None  # the ``classes`` parameter a runner put on probabilities
+    classes: tuple[str, ...] | None  # model.yaml's, else those a runner put on the scores
 
 
-def _read_outputs(response: pb.ModelInferResponse, roles: OutputRoles) -> _Outputs:
-    """One pass over the reply's outputs, reading each field once (every protobuf field
-    access builds a wrapper, and the writer does this thousands of times a second).
-
-    Only the outputs the ledger keeps are decoded: a model may answer much more
-    (embeddings). Raw numeric outputs are read straight from their bytes (a size that does
-    not fit the shape raises ValueError, and the answer counts as failed); anything else
-    goes through ``decode``."""
-    outputs = response.outputs
-    raws = response.raw_output_contents
-    if raws and len(raws) != len(outputs):
-        raise ValueError(f"reply has {len(raws)} raw contents for {len(outputs)} outputs")
+def _scan(response: pb.ModelInferResponse, roles: OutputRoles) -> _Scan:
+    """One pass over a reply's outputs, reading each field once: every protobuf field
+    access builds a wrapper (``tuple()`` of a repeated field costs a microsecond, its
+    ``[:]`` a tenth of that), and the writer does this thousands of times a second. Only
+    the outputs the ledger keeps are picked: a model may answer much more (embeddings)."""
     wanted = {roles.label, roles.value, roles.probabilities}
-    want_classes = roles.classes is None and roles.probabilities is not None
-    arrays: dict[str, npt.NDArray[Any]] = {}
-    picked: list[int] = []
+    picked: list[_Picked] = []
     first: list[int] = []
-    classes = None
-    fast = bool(raws)
-    for i, tensor in enumerate(outputs):
+    classes = roles.classes
+    for i, tensor in enumerate(response.outputs):
         shape = tensor.shape[:]
         if i == 0:
             first = shape
         name = tensor.name
         if name not in wanted:
             continue
-        picked.append(i)
-        if want_classes and name == roles.probabilities:
+        picked.append((i, name, tensor.datatype, shape))
+        if name == roles.probabilities and roles.classes is None:
             parameters = tensor.parameters
             if "classes" in parameters:
-                classes = parameters["classes"].string_param
-        if fast:
-            datatype = tensor.datatype
-            dtype = DTYPES.get(datatype) if datatype != "BYTES" else None
-            if dtype is None:
-                fast = False
-            else:
-                arrays[name] = np.frombuffer(raws[i], dtype=dtype).reshape(shape)
-    if not fast:
-        tensors = [outputs[i] for i in picked]
-        arrays = decode(tensors, [raws[i] for i in picked] if raws else [])
-    return _Outputs(arrays, first, classes)
+                classes = _parsed_classes(parameters["classes"].string_param)
+    return _Scan(picked, first, classes)
+
+
+def _arrays(response: pb.ModelInferResponse, picked: list[_Picked]) -> dict[str, npt.NDArray[Any]]:
+    """The picked outputs as arrays. Raw numeric outputs are read straight from their
+    bytes (a size that does not fit the shape raises ValueError, and the answer counts as
+    failed); anything else goes through ``decode``."""
+    raws = response.raw_output_contents
+    if raws and all(datatype in DTYPES and datatype != "BYTES" for _, _, datatype, _ in picked):
+        return {
+            name: np.frombuffer(raws[i], dtype=DTYPES[datatype]).reshape(shape)
+            for i, name, datatype, shape in picked
+        }
+    tensors = [response.outputs[i] for i, *_ in picked]
+    return decode(tensors, [raws[i] for i, *_ in picked] if raws else [])
 
 
 def to_answer(item: Pending) -> Answer:
@@ -215,8 +213,12 @@ def to_answer(item: Pending) -> Answer:
         )  # fmt: skip
     response = pb.ModelInferResponse.FromString(item.reply)
     roles = item.roles
-    read = _read_outputs(response, roles)
-    arrays, first = read.arrays, read.first_shape
+    raws = response.raw_output_contents
+    if raws and len(raws) != len(response.outputs):
+        raise ValueError(f"reply has {len(raws)} raw contents for {len(response.outputs)} outputs")
+    scan = _scan(response, roles)
+    arrays = _arrays(response, scan.picked)
+    first = scan.first_shape
     rows = int(first[0]) if first else 1
     request_id = response.id or item.request_id
     if item.row_slice is not None:
@@ -237,7 +239,7 @@ def to_answer(item: Pending) -> Answer:
         labels=None if label is None else _texts(label),
         values=None if value is None else tuple(np.asarray(value, float).reshape(rows, -1)[:, 0]),
         probabilities=None if proba is None else np.asarray(proba, np.float64).reshape(rows, -1),
-        classes=roles.classes if read.classes is None else _parsed_classes(read.classes),
+        classes=scan.classes,
         latency_ms=item.latency_ms,
         status="OK",
         created_at=item.created_at,
@@ -344,20 +346,9 @@ def to_packed(item: Pending) -> PackedAnswer | None:
     if not raws or len(raws) != len(outputs):
         return None
     roles = item.roles
-    found: dict[str, _Output] = {}
-    first: list[int] = []
-    classes = roles.classes
-    for i, tensor in enumerate(outputs):
-        shape = tensor.shape[:]  # a list: much cheaper than tuple() of the repeated field
-        if i == 0:
-            first = shape
-        name = tensor.name
-        if name in (roles.label, roles.value, roles.probabilities):
-            found[name] = (tensor.datatype, shape, raws[i])
-            if name == roles.probabilities and classes is None:
-                parameters = tensor.parameters
-                if "classes" in parameters:
-                    classes = _parsed_classes(parameters["classes"].string_param)
+    scan = _scan(response, roles)
+    found = {name: (datatype, shape, raws[i]) for i, name, datatype, shape in scan.picked}
+    first = scan.first_shape
     rows = int(first[0]) if first else 1
     start, stop = item.row_slice or (0, rows)
     if not 0 <= start < stop <= rows:  # no rows: to_answer's (it refuses empty scores)
@@ -373,7 +364,7 @@ def to_packed(item: Pending) -> PackedAnswer | None:
         request_id=item.request_id if item.row_slice else (response.id or item.request_id),
         model=item.model, version=item.version, role=item.role, rows=stop - start,
         labels=labels, values=values, probabilities=proba, k=k if proba is not None else 0,
-        classes=classes, latency_ms=item.latency_ms, created_at=item.created_at,
+        classes=scan.classes, latency_ms=item.latency_ms, created_at=item.created_at,
     )  # fmt: skip
 
 
