@@ -89,6 +89,11 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _expire(answer: asyncio.Future[tuple[int, bytes]]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())
+
+
 class FramedClient:
     """The connection pool to one runner's framed socket: at most ``max_connections`` open
     (the runner answers each in a thread of its own); calls beyond that wait for one."""
@@ -106,26 +111,31 @@ class FramedClient:
     def open_connections(self) -> int:
         return self._open
 
-    def send(self, request: bytes) -> Coroutine[Any, Any, bytes]:
+    def send(self, request: bytes, deadline: float | None = None) -> Coroutine[Any, Any, bytes]:
         """Send ``request`` now when a connection is idle (else once awaited, after
         connecting or waiting for one); await the result for the serialized answer,
-        FramedStatus for any other outcome. Cancelling it (a timeout around it) gives up
-        and closes the connection."""
+        FramedStatus for any other outcome, TimeoutError at ``deadline`` (the loop's
+        clock). Cancelling it gives up too. A call given up closes its connection.
+
+        The deadline is one ``loop.call_at`` timer on the answer's future rather than an
+        ``asyncio.timeout`` around the call: 1.5 µs per call instead of 4.5 (the gateway
+        makes one per request)."""
         if self._closed:
             return self._refuse()
         while self._idle:
             conn = self._idle.pop()
             if not conn.closed:
-                return self._answer(conn, conn.send(request))
+                return self._answer(conn, conn.send(request), deadline)
             self._discard(conn)
-        return self._connect_and_call(request)
+        return self._connect_and_call(request, deadline)
 
     async def _refuse(self) -> bytes:
         raise FramedStatus(grpc.StatusCode.UNAVAILABLE, "the framed socket is closed")
 
-    async def _connect_and_call(self, request: bytes) -> bytes:
-        conn = await self._connection()
-        return await self._answer(conn, conn.send(request))
+    async def _connect_and_call(self, request: bytes, deadline: float | None) -> bytes:
+        async with asyncio.timeout_at(deadline):
+            conn = await self._connection()
+        return await self._answer(conn, conn.send(request), deadline)
 
     async def _connection(self) -> _Connection:
         """A new connection, or at the cap the first one another call frees."""
@@ -155,12 +165,18 @@ class FramedClient:
             if handed is not None:
                 return handed
 
-    async def _answer(self, conn: _Connection, sent: asyncio.Future[tuple[int, bytes]]) -> bytes:
+    async def _answer(
+        self, conn: _Connection, sent: asyncio.Future[tuple[int, bytes]], deadline: float | None
+    ) -> bytes:
+        timer = None if deadline is None else sent.get_loop().call_at(deadline, _expire, sent)
         try:
             code, body = await sent
         except BaseException:
             self._discard(conn)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         self._pass_on(conn)
         if code != STATUS_OK:
             status = _STATUS_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)

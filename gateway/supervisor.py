@@ -215,19 +215,17 @@ class Runner:
         try:
             if self._remote_fields:
                 request += self._remote_fields
+            # Each keeps the deadline itself: grpc, or the framed client's timer.
             if framed is not None:
-                pending: Awaitable[bytes] = framed.send(request)
+                deadline = asyncio.get_running_loop().time() + timeout
+                pending: Awaitable[bytes] = framed.send(request, deadline)
             elif self._trace_context is None:
                 pending = call(request, timeout=timeout)
             else:
                 pending = call(request, timeout=timeout, metadata=self._trace_context())
             if after_dispatch is not None:
                 after_dispatch()
-            if framed is None:  # grpc keeps the deadline itself
-                reply: bytes = await pending
-            else:
-                async with asyncio.timeout(timeout):
-                    reply = await pending
+            reply: bytes = await pending
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc.code(), exc.details() or "", self.where, timeout) from None
         except FramedStatus as exc:
