@@ -246,13 +246,21 @@ def test_a_call_given_up_while_waiting_leaks_no_connection(tmp_path: Path) -> No
     assert open_now == 1
 
 
+async def in_flight(
+    framed_path: Path, request: pb.ModelInferRequest
+) -> tuple[FramedClient, asyncio.Future[bytes]]:
+    """A client with ``request`` sent and, 0.3 s later, in the runner's hands."""
+    framed = FramedClient(framed_path)
+    call = asyncio.ensure_future(framed.send(request.SerializeToString()))
+    await asyncio.sleep(0.3)
+    return framed, call
+
+
 def test_runner_killed_mid_call_is_unavailable(tmp_path: Path) -> None:
     slow = infer_request("sleepy", {"x": np.array([5.0], np.float32)}, raw=True)
 
     async def scenario(runner: Runner) -> FramedStatus:
-        framed = FramedClient(framed_path)
-        call = asyncio.ensure_future(framed.send(slow.SerializeToString()))
-        await asyncio.sleep(0.3)
+        framed, call = await in_flight(framed_path, slow)
         runner.proc.kill()
         with pytest.raises(FramedStatus) as info:
             await call
@@ -272,9 +280,7 @@ def test_sigterm_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
     slow = infer_request("sleepy", {"x": np.array([0.8], np.float32)}, raw=True)
 
     async def scenario(runner: Runner) -> bytes:
-        framed = FramedClient(framed_path)
-        call = asyncio.ensure_future(framed.send(slow.SerializeToString()))
-        await asyncio.sleep(0.3)
+        framed, call = await in_flight(framed_path, slow)
         runner.proc.send_signal(signal.SIGTERM)
         try:
             return await call
