@@ -110,6 +110,7 @@ class _Child:
         self.sent = 0
         self.acked = 0
         self.dead = False
+        self.closed = False  # by us (the ledger stopped), not by dying
         self._settle = settle
         self.reader = threading.Thread(target=self._read, name="ledger-writer-in", daemon=True)
         self.reader.start()
@@ -130,6 +131,7 @@ class _Child:
 
     def close(self) -> None:
         """No more batches: the writer finishes what it has and exits."""
+        self.closed = True
         with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_WR)
         self.reader.join()
@@ -206,7 +208,7 @@ class ProcessWriter(BatchQueue):
         child = self._child
         if child is not None and not child.dead:
             return child
-        if child is not None:
+        if child is not None and not child.closed:  # it died: restart, but not in a loop
             child.reader.join()
             wait = child.started + RESPAWN_BACKOFF_S - time.monotonic()
             if wait > 0:
