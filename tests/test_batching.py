@@ -675,11 +675,9 @@ def test_health_and_metadata_answer_while_the_model_runs(
         request = infer_request("sleepy", {"x": np.array([2.0], dtype=np.float32)}, raw=True)
         busy = pool.submit(stub.ModelInfer, request, timeout=10)
         time.sleep(0.3)  # inside predict now
-        began = time.monotonic()
         assert runner.health("sleepy") == health_pb2.HealthCheckResponse.SERVING
         assert stub.ModelMetadata(pb.ModelMetadataRequest(name="sleepy"), timeout=5).platform
-        assert time.monotonic() - began < 1.0
-        assert not busy.done()
+        assert not busy.done()  # both answered while predict still slept
         np.testing.assert_array_equal(outputs_of(busy.result(timeout=10))["y"], [3.0])
 
 

@@ -114,7 +114,8 @@ def test_stalled_or_crashing_shadow_never_touches_the_primary(
         if trouble == "SIGSTOP":
             os.kill(shadow_pid, signal.SIGCONT)
     assert [answer for _, answer in results] == list(primary.predict(x[:200]))
-    assert max(seconds for seconds, _ in results) < 1.0
+    # A primary that waited on its shadow would take the shadow's 5 s deadline.
+    assert max(seconds for seconds, _ in results) < 2.5
     with ControlClient(churn_gateway.target) as control:
         report = control.report("churn")
     drops = report["ledger"]["shadow_drops"]["2"]
