@@ -41,6 +41,10 @@ listen. ``kind`` is ``process`` (the default: a supervised runner process) or
 ``inprocess`` (an ONNX model run by the gateway itself, gateway.inprocess; ``runner:
 inprocess`` is short for ``{kind: inprocess}``); with ``versions``, only the versions it
 lists run in process, the others in runner processes.
+``lean`` (default true) serves a ``model.joblib`` linear model (LogisticRegression,
+LinearRegression, Ridge, Lasso, ElasticNet, after StandardScaler steps or not) with numpy
+kernels proven bit-equal to scikit-learn at load, in a runner that never imports
+scikit-learn (runners.sklearn_lean); false loads it with scikit-learn in the runner.
 
 Dynamic batching (runners.batching), in Triton's words:
 
@@ -104,6 +108,9 @@ class RunnerOptions(BaseModel):
     # for models that answer in well under a millisecond. Unset: inline unless threads or
     # max_queue_delay_us ask for a pool of model threads.
     inline: bool | None = None
+    # model.joblib only: serve linear models with numpy kernels proven equal at load, in a
+    # runner that never imports scikit-learn (runners.sklearn_lean); false keeps it.
+    lean: bool = True
 
     @model_validator(mode="before")
     @classmethod

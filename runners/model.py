@@ -3,7 +3,8 @@
 A version directory holds exactly one artifact, and the artifact picks the adapter:
 
     model.onnx    -> runners.onnx_model.OnnxModel      (platform "onnxruntime")
-    model.joblib  -> runners.sklearn_model.SklearnModel (platform "sklearn")
+    model.joblib  -> runners.sklearn_lean.LeanSklearnModel (platform "sklearn"): numpy
+                     kernels for linear models, else runners.sklearn_model.SklearnModel
     model.py      -> runners.custom_model.CustomModel   (platform "python")
 
 The server only sees the ``Model`` interface below, so adding an artifact type means one
@@ -37,7 +38,7 @@ Arrays = dict[str, npt.NDArray[Any]]
 # runner should not pay for importing onnxruntime, nor the other way round).
 _ADAPTERS: dict[str, str] = {
     "model.onnx": "runners.onnx_model:OnnxModel",
-    "model.joblib": "runners.sklearn_model:SklearnModel",
+    "model.joblib": "runners.sklearn_lean:LeanSklearnModel",
     "model.py": "runners.custom_model:CustomModel",
 }
 

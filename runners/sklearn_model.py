@@ -29,7 +29,6 @@ whose kernels are kept only after giving the estimator's own bits at load.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +40,11 @@ import sklearn.utils
 from sklearn.base import is_classifier
 from sklearn.pipeline import Pipeline
 
-from greenroom_client.errors import InvalidInput
 from greenroom_client.tensors import DTYPES, TensorSpec
 from runners.config import ConfigError, ModelConfig
-from runners.model import Arrays, Binding, Model, bind
+from runners.estimator_model import EstimatorModel, Method
+from runners.model import Binding, bind
 from runners.sklearn_fast import fast_methods
-
-Method = Callable[[npt.NDArray[Any]], npt.NDArray[Any]]
 
 # numpy kind of ``classes_`` -> V2 datatype of the label output; anything else is BYTES.
 _LABEL_DATATYPES = {"i": "INT64", "u": "INT64", "f": "FP64", "b": "BOOL"}
@@ -184,38 +181,19 @@ def _fast(estimator: Any, methods: dict[str, Method], dtype: Any) -> dict[str, M
     }
 
 
-class SklearnModel(Model):
-    """A fitted estimator; each output is one of its methods called on the input array."""
-
-    platform = "sklearn"
-    row_wise = True
-
-    def __init__(
-        self,
-        name: str,
-        version: str,
-        inputs: list[Binding],
-        outputs: list[Binding],
-        methods: dict[str, Method],
-        *,
-        allow_nan: bool = False,
-        classes: npt.NDArray[Any] | None = None,
-    ):
-        super().__init__(name, version, inputs, outputs)
-        self._input = inputs[0].spec.name
-        self._methods = {b.spec.name: methods[b.native] for b in outputs}
-        self._allow_nan = allow_nan
-        self._classes = classes
-        served = {b.native: b.spec.name for b in outputs}
-        self._one_pass = (
-            (served["label"], served["probabilities"])
-            if classes is not None and "label" in served and "probabilities" in served
-            else None
-        )
+class SklearnModel(EstimatorModel):
+    """An estimator loaded with joblib in this process, its methods scikit-learn's own
+    (or ``sklearn_fast``'s proven kernels)."""
 
     @classmethod
     def load(cls, artifact: Path, name: str, version: str, config: ModelConfig) -> SklearnModel:
-        estimator = joblib.load(artifact)
+        return cls.from_estimator(joblib.load(artifact), artifact, name, version, config)
+
+    @classmethod
+    def from_estimator(
+        cls, estimator: Any, artifact: Path, name: str, version: str, config: ModelConfig
+    ) -> SklearnModel:
+        """The served model of an estimator already loaded from ``artifact``."""
         where = str(artifact)
         if not callable(getattr(estimator, "predict", None)):
             raise ConfigError(f"{where}: holds a {type(estimator).__name__}, not an estimator")
@@ -245,43 +223,3 @@ class SklearnModel(Model):
         )
         model.output_parameters = _class_names(estimator, model.output_bindings)
         return model
-
-    def check(self, inputs: Arrays) -> None:
-        """What scikit-learn's finiteness check would refuse, as INVALID_ARGUMENT."""
-        for name, array in inputs.items():
-            if array.dtype.kind != "f":
-                continue
-            if self._allow_nan:
-                if np.isinf(array).any():
-                    raise InvalidInput(name, "contains infinity")
-            elif not np.isfinite(array).all():
-                raise InvalidInput(name, "contains NaN or infinity")
-
-    def predict(self, inputs: Arrays, outputs: Sequence[str] | None = None) -> Arrays:
-        features = inputs[self._input]
-        names = list(self._methods if outputs is None else outputs)
-        if self._one_pass is not None and set(self._one_pass) <= set(names):
-            return self._label_from_probabilities(features, names)
-        return {name: self._methods[name](features) for name in names}
-
-    def _label_from_probabilities(self, features: npt.NDArray[Any], names: list[str]) -> Arrays:
-        """Label and probabilities from one probability pass, for estimators whose predict
-        is the most probable class; rows with a tied top probability ask predict itself,
-        so the label is always exactly what predict would say."""
-        assert self._one_pass is not None and self._classes is not None
-        label_name, proba_name = self._one_pass
-        proba = self._methods[proba_name](features)
-        label = self._classes[np.argmax(proba, axis=1)]
-        if proba.shape[1] > 1:
-            if proba.shape[1] == 2:
-                tied = proba[:, 0] == proba[:, 1]
-            else:
-                top2 = np.sort(proba, axis=1)[:, -2:]
-                tied = top2[:, 0] == top2[:, 1]
-            if tied.any():
-                label[tied] = self._methods[label_name](features[tied])
-        answer = {label_name: label, proba_name: proba}
-        return {
-            name: answer[name] if name in answer else self._methods[name](features)
-            for name in names
-        }

@@ -1,7 +1,8 @@
 """The validation-free linear kernels: used only where they give scikit-learn's own bits.
 
-Each estimator is trained here, saved as model.joblib and loaded through the runner's
-adapter, so the kernels are exercised exactly as served (batched arrays included).
+Each estimator is trained here, saved as model.joblib and loaded by ``SklearnModel``, so
+the kernels are exercised exactly as served when scikit-learn is (``runner.lean: false``,
+or an estimator runners.sklearn_lean does not take), batched arrays included.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from sklearn.linear_model import (
 )
 from sklearn.tree import DecisionTreeClassifier
 
-from runners import sklearn_fast
+from runners import linear_kernels, sklearn_fast
 from runners.config import ModelConfig
-from runners.model import load_model
 from runners.sklearn_fast import fast_methods
 from runners.sklearn_model import SklearnModel
 
@@ -71,7 +71,7 @@ def test_served_model_uses_kernel_and_answers_like_sklearn(kind: str, tmp_path: 
     estimator, _ = ESTIMATORS[kind]
     (tmp_path / "m" / "1").mkdir(parents=True)
     joblib.dump(estimator, tmp_path / "m" / "1" / "model.joblib")
-    model = load_model(tmp_path / "m" / "1", "m", "1", ModelConfig())
+    model = SklearnModel.load(tmp_path / "m" / "1" / "model.joblib", "m", "1", ModelConfig())
     rows = RNG.normal(size=(9, 6)).astype(np.float32)
     answer = model.predict({"input": rows})
     if kind == "ridge-2d":
@@ -81,7 +81,7 @@ def test_served_model_uses_kernel_and_answers_like_sklearn(kind: str, tmp_path: 
         assert np.array_equal(answer["probabilities"], estimator.predict_proba(rows))
     assert isinstance(model, SklearnModel)
     methods = model._methods
-    used = [m for m in methods.values() if getattr(m, "__module__", "") == sklearn_fast.__name__]
+    used = [m for m in methods.values() if getattr(m, "__module__", "") == linear_kernels.__name__]
     assert used, "the proven kernel was not used"
 
 

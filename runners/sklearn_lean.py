@@ -1,0 +1,239 @@
+"""Linear scikit-learn models served by numpy alone: a runner without scikit-learn.
+
+Importing scikit-learn costs a runner about 80 MB (scipy.stats, scipy.sparse, scipy.linalg
+and their shared libraries), far more than a linear model's own few hundred bytes of
+coefficients. So a ``model.joblib`` is first unpickled in a short-lived helper process
+(``python -m runners.sklearn_plan``), which loads it exactly as the scikit-learn path
+does (``SklearnModel``) and, for the estimators this module knows exactly, writes a
+*plan*: the fitted numbers, the served signature, and the answers the scikit-learn path
+gives on probe batches. The runner rebuilds the arithmetic from the plan with numpy (and
+scipy.special's ``expit`` for binary classifiers: 18 MB, where scikit-learn is 80) and
+serves it through the same ``EstimatorModel`` (finiteness check, one probability pass,
+ties asked of predict).
+
+Known exactly (types, not subclasses): LogisticRegression, LinearRegression, Ridge,
+Lasso and ElasticNet, bare or as the last step of a Pipeline whose other steps are
+StandardScaler (or "passthrough"), with an FP32 or FP64 input.
+
+Nothing is taken on trust. The runner runs its kernels on the plan's probes and keeps
+them only if every served output is the same dtype, shape and bits as the scikit-learn
+path's answer; otherwise, or for any other estimator, or if the helper fails, it loads
+the artifact with scikit-learn in process as before (``runner.lean: false`` in
+model.yaml asks for that directly). Each kernel repeats scikit-learn's own operations in
+its own order: StandardScaler's ``X -= mean_.astype(X.dtype)`` and ``X /= scale_...``,
+``X @ coef_.T + intercept_``, scipy's own ``expit`` for two classes (``1 / (1 + exp(-x))``
+written with numpy differs in the last bit for 2-11% of values, its ``exp`` being
+numpy's vectorised one, not the C library's) and scikit-learn's softmax for more.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from greenroom_client.tensors import DTYPES, TensorSpec
+from runners import linear_kernels
+from runners.config import ModelConfig
+from runners.estimator_model import EstimatorModel
+from runners.linear_kernels import Method, Scaler
+from runners.model import Arrays, Binding, Model
+
+log = structlog.get_logger(__name__)
+
+Kind = Literal["logistic", "linear"]
+
+
+@dataclass
+class Plan:
+    """What the helper found: enough to serve the model and to prove the kernels."""
+
+    kind: Kind
+    coef: npt.NDArray[Any]
+    intercept: npt.NDArray[Any]
+    inputs: list[Binding]
+    outputs: list[Binding]
+    scalers: list[Scaler] = field(default_factory=list)
+    classes: npt.NDArray[Any] | None = None  # the estimator's classes_ (logistic)
+    argmax: bool = False  # label may come from the probabilities' argmax
+    allow_nan: bool = False
+    output_parameters: dict[str, dict[str, str]] = field(default_factory=dict)
+    probes: list[npt.NDArray[Any]] = field(default_factory=list)
+    expected: list[Arrays] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        """An ``.npz`` without pickles: arrays by key, the rest as JSON in ``meta``."""
+        arrays: dict[str, Any] = {"coef": self.coef, "intercept": self.intercept}
+        for i, (mean, scale) in enumerate(self.scalers):
+            if mean is not None:
+                arrays[f"mean{i}"] = mean
+            if scale is not None:
+                arrays[f"scale{i}"] = scale
+        object_classes = self.classes is not None and self.classes.dtype == object
+        if self.classes is not None:
+            arrays["classes"] = self.classes.astype(str) if object_classes else self.classes
+        object_expected = []
+        for i, (probe, answer) in enumerate(zip(self.probes, self.expected, strict=True)):
+            arrays[f"probe{i}"] = probe
+            for name, value in answer.items():
+                key = f"expected{i}/{name}"
+                objects = value.dtype == object  # labels of str classes: savez would pickle
+                if objects:
+                    object_expected.append(key)
+                arrays[key] = value.astype(str) if objects else value
+        meta = {
+            "kind": self.kind,
+            "inputs": [_binding_json(b) for b in self.inputs],
+            "outputs": [_binding_json(b) for b in self.outputs],
+            "scalers": len(self.scalers),
+            "object_classes": object_classes,
+            "argmax": self.argmax,
+            "allow_nan": self.allow_nan,
+            "output_parameters": self.output_parameters,
+            "probes": len(self.probes),
+            "object_expected": object_expected,
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Plan:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        meta = json.loads(str(arrays.pop("meta")))
+        classes = arrays.get("classes")
+        if classes is not None and meta["object_classes"]:
+            classes = classes.astype(object)
+        expected: list[Arrays] = [{} for _ in range(meta["probes"])]
+        for key, value in arrays.items():
+            if key.startswith("expected"):
+                index, name = key.removeprefix("expected").split("/", 1)
+                objects = key in meta["object_expected"]
+                expected[int(index)][name] = value.astype(object) if objects else value
+        return cls(
+            kind=meta["kind"],
+            coef=arrays["coef"],
+            intercept=arrays["intercept"],
+            inputs=[_binding(b) for b in meta["inputs"]],
+            outputs=[_binding(b) for b in meta["outputs"]],
+            scalers=[
+                (arrays.get(f"mean{i}"), arrays.get(f"scale{i}")) for i in range(meta["scalers"])
+            ],
+            classes=classes,
+            argmax=meta["argmax"],
+            allow_nan=meta["allow_nan"],
+            output_parameters=meta["output_parameters"],
+            probes=[arrays[f"probe{i}"] for i in range(meta["probes"])],
+            expected=expected,
+        )
+
+
+def _binding_json(binding: Binding) -> dict[str, Any]:
+    spec = binding.spec
+    return {
+        "name": spec.name,
+        "datatype": spec.datatype,
+        "shape": list(spec.shape),
+        "native": binding.native,
+    }
+
+
+def _binding(data: dict[str, Any]) -> Binding:
+    return Binding(TensorSpec(data["name"], data["datatype"], tuple(data["shape"])), data["native"])
+
+
+# -- kernels ------------------------------------------------------------------------------
+
+
+def methods(plan: Plan) -> dict[str, Method]:
+    """The plan's arithmetic as the methods ``EstimatorModel`` calls, by native output."""
+    dtype = DTYPES[plan.inputs[0].spec.datatype]
+    scores = linear_kernels.scores(plan.coef, plan.intercept, plan.scalers, dtype)
+    if plan.kind == "linear":
+        return {"prediction": scores, "label": scores, "probabilities": scores}
+    assert plan.classes is not None
+    predict = linear_kernels.logistic_predict(scores, plan.classes)
+    proba = linear_kernels.logistic_proba(scores, int(np.size(plan.classes)))
+    return {"label": predict, "prediction": predict, "probabilities": proba}
+
+
+# -- the runner's side --------------------------------------------------------------------
+
+
+def _same(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def build(plan: Plan, name: str, version: str) -> LeanSklearnModel | None:
+    """The numpy-served model, or None when it does not answer every probe exactly as the
+    scikit-learn path did."""
+    model = LeanSklearnModel(
+        name,
+        version,
+        plan.inputs,
+        plan.outputs,
+        methods(plan),
+        allow_nan=plan.allow_nan,
+        classes=plan.classes if plan.argmax else None,
+    )
+    model.output_parameters = plan.output_parameters
+    served = [b.spec.name for b in plan.outputs]
+    input_name = plan.inputs[0].spec.name
+    for probe, expected in zip(plan.probes, plan.expected, strict=True):
+        try:
+            answer = model.predict({input_name: probe.copy()}, served)
+        except Exception:
+            log.warning("numpy kernel failed on a probe", exc_info=True)
+            return None
+        if set(answer) != set(expected) or not all(_same(answer[k], expected[k]) for k in expected):
+            return None
+    return model
+
+
+def request_plan(artifact: Path, config: ModelConfig) -> tuple[Plan | None, str]:
+    """Ask the helper process for a plan; (None, why) when there is none."""
+    argv = [sys.executable, "-m", "runners.sklearn_plan", str(artifact), config.model_dump_json()]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, timeout=config.runner.startup_timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"the plan helper did not finish: {exc}"
+    why = done.stderr.decode(errors="replace").strip().splitlines()
+    if done.returncode != 0:
+        return None, f"the plan helper exited {done.returncode}: {why[-1] if why else ''}"
+    if not done.stdout:
+        return None, why[-1] if why else "no plan"
+    return Plan.from_bytes(done.stdout), ""
+
+
+class LeanSklearnModel(EstimatorModel):
+    """The ``model.joblib`` adapter: numpy kernels when proven, else ``SklearnModel``."""
+
+    @classmethod
+    def load(cls, artifact: Path, name: str, version: str, config: ModelConfig) -> Model:
+        if config.runner.lean:
+            began = time.perf_counter()
+            plan, why = request_plan(artifact, config)
+            model = build(plan, name, version) if plan is not None else None
+            if model is not None:
+                log.info(
+                    "serving with numpy kernels, without scikit-learn",
+                    kernel=plan.kind if plan else None,
+                    plan_s=round(time.perf_counter() - began, 3),
+                )
+                return model
+            log.info("serving with scikit-learn", reason=why or "the kernels differ on probes")
+        from runners.sklearn_model import SklearnModel  # noqa: PLC0415 - 70 MB, only if needed
+
+        return SklearnModel.load(artifact, name, version, config)

@@ -1,0 +1,116 @@
+"""The helper that turns a ``model.joblib`` into a plan for runners.sklearn_lean.
+
+    python -m runners.sklearn_plan ARTIFACT MODEL_CONFIG_JSON
+
+It loads the artifact exactly as the scikit-learn path serves it (``SklearnModel``), and
+for an estimator known exactly writes the plan (``Plan.to_bytes``) to stdout: the fitted
+numbers, the served signature, and that path's answers on probe batches. For any other
+estimator it writes nothing and gives the reason on stderr; exit 0 both ways. A model
+that cannot be loaded exits 1: the runner then loads it in process, which reports why.
+It is a process of its own so that the runner never imports scikit-learn: the helper's
+memory is returned to the system when it exits.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, LogisticRegression, Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from greenroom_client.tensors import DTYPES
+from runners.config import ModelConfig
+from runners.sklearn_fast import probes
+from runners.sklearn_lean import Kind, Plan
+from runners.sklearn_model import SklearnModel
+
+_KINDS: dict[type, Kind] = {
+    LogisticRegression: "logistic",
+    LinearRegression: "linear",
+    Ridge: "linear",
+    Lasso: "linear",
+    ElasticNet: "linear",
+}
+
+
+class Unsupported(Exception):
+    """The estimator is not one the numpy kernels repeat exactly."""
+
+
+def _steps(estimator: Any) -> tuple[list[StandardScaler], Any]:
+    """A pipeline's StandardScalers and its final estimator (exact types only)."""
+    if type(estimator) is not Pipeline:
+        return [], estimator
+    *front, (_, final) = estimator.steps
+    scalers = []
+    for name, step in front:
+        if step is None or step == "passthrough":
+            continue
+        if type(step) is not StandardScaler:
+            raise Unsupported(f"pipeline step {name!r} is a {type(step).__name__}")
+        scalers.append(step)
+    return scalers, final
+
+
+def make_plan(estimator: Any, model: SklearnModel) -> Plan:
+    """The plan for ``estimator`` as ``model`` serves it; Unsupported if there is none."""
+    scalers, final = _steps(estimator)
+    kind = _KINDS.get(type(final))
+    if kind is None:
+        raise Unsupported(f"{type(final).__name__} has no numpy kernel")
+    datatype = model.inputs[0].datatype
+    n_features = getattr(final, "n_features_in_", None)
+    if datatype not in ("FP32", "FP64") or not isinstance(n_features, int):
+        raise Unsupported(f"the input is {datatype}, not FP32 or FP64 features")
+    plan = Plan(
+        kind=kind,
+        coef=np.asarray(final.coef_),
+        intercept=np.asarray(final.intercept_),
+        inputs=model.input_bindings,
+        outputs=model.output_bindings,
+        scalers=[
+            (
+                np.asarray(s.mean_) if s.with_mean else None,
+                np.asarray(s.scale_) if s.with_std else None,
+            )
+            for s in scalers
+        ],
+        classes=np.asarray(final.classes_) if kind == "logistic" else None,
+        argmax=model.classes is not None,
+        allow_nan=model.allow_nan,
+        output_parameters=model.output_parameters,
+    )
+    served = [b.spec.name for b in model.output_bindings]
+    input_name = model.inputs[0].name
+    for probe in probes(n_features, DTYPES[datatype]):
+        plan.probes.append(probe)
+        plan.expected.append(model.predict({input_name: probe.copy()}, served))
+    return plan
+
+
+def main(argv: list[str]) -> int:
+    artifact, config_json = Path(argv[0]), argv[1]
+    config = ModelConfig.model_validate_json(config_json)
+    try:
+        estimator = joblib.load(artifact)
+        model = SklearnModel.from_estimator(estimator, artifact, "plan", "0", config)
+    except Exception as exc:  # the runner loads it again and reports it properly
+        print(f"cannot load {artifact}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        plan = make_plan(estimator, model)
+    except Unsupported as exc:
+        print(exc, file=sys.stderr)
+        return 0
+    sys.stdout.buffer.write(plan.to_bytes())
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,210 @@
+"""Linear models served by numpy alone (runners.sklearn_lean): the same signature and the
+same bits as the scikit-learn path, a fallback to it whenever that is not proven, and a
+runner process that never maps scikit-learn or scipy.
+
+Each estimator is trained here and saved as model.joblib; both paths load it through
+their real entry points (the lean one through its helper process).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+from sklearn.linear_model import (
+    ElasticNet,
+    Lasso,
+    LinearRegression,
+    LogisticRegression,
+    LogisticRegressionCV,
+    Ridge,
+)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.tree import DecisionTreeClassifier
+
+from greenroom_client.errors import InvalidInput
+from runners import sklearn_lean
+from runners.config import ModelConfig, RunnerOptions, load_model_config
+from runners.model import load_model
+from runners.sklearn_lean import LeanSklearnModel, Plan, build, request_plan
+from runners.sklearn_model import SklearnModel
+from tests.runner_fixtures import infer_request, outputs_of, running, save_joblib, write_model_yaml
+
+RNG = np.random.default_rng(11)
+X = (RNG.normal(size=(400, 5)) * [1.0, 10.0, 0.1, 100.0, 1.0]).astype(np.float32)
+BINARY = (X[:, 0] + X[:, 1] / 10 > 0).astype(int)
+THREE = np.digitize(X[:, 0], [-0.5, 0.5])
+
+
+def _object_classes() -> LogisticRegression:
+    y = np.array(["no", "yes"], dtype=object)[BINARY]
+    return LogisticRegression().fit(X, y)
+
+
+LEAN: dict[str, Any] = {
+    "binary": lambda: LogisticRegression().fit(X, BINARY),
+    "multiclass": lambda: LogisticRegression(max_iter=500).fit(X, THREE),
+    "strings": lambda: LogisticRegression().fit(X, np.where(BINARY == 1, "yes", "no")),
+    "objects": _object_classes,
+    "float64-fit": lambda: LogisticRegression().fit(X.astype(np.float64), BINARY),
+    "no-intercept": lambda: LogisticRegression(fit_intercept=False).fit(X, BINARY),
+    "scaled": lambda: make_pipeline(StandardScaler(), LogisticRegression()).fit(X, THREE),
+    "scaled-twice": lambda: make_pipeline(
+        StandardScaler(with_mean=False), "passthrough", StandardScaler(), LogisticRegression()
+    ).fit(X, BINARY),
+    "linear": lambda: LinearRegression().fit(X, X @ np.arange(5.0)),
+    "ridge-2d": lambda: Ridge().fit(X, np.c_[X[:, 0], X[:, 1] * 3]),
+    "lasso": lambda: make_pipeline(StandardScaler(), Lasso(alpha=0.01)).fit(X, X[:, 3]),
+    "elasticnet": lambda: ElasticNet(alpha=0.01).fit(X, X[:, 4]),
+}
+
+
+def _save(tmp_path: Path, estimator: Any, yaml: str | None = None) -> Path:
+    if yaml is not None:
+        write_model_yaml(tmp_path, "m", yaml)
+    return save_joblib(tmp_path, "m", "1", estimator)
+
+
+def _load_both(version_dir: Path) -> tuple[Any, SklearnModel]:
+    config = load_model_config(version_dir.parent)
+    lean = load_model(version_dir, "m", "1", config)
+    plain = SklearnModel.load(version_dir / "model.joblib", "m", "1", config)
+    return lean, plain
+
+
+def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert set(a) == set(b)
+    for name, value in a.items():
+        assert value.dtype == b[name].dtype and value.shape == b[name].shape, name
+        assert np.array_equal(value, b[name]), name
+
+
+@pytest.mark.parametrize("kind", list(LEAN))
+def test_lean_model_has_the_signature_and_bits_of_the_sklearn_path(
+    kind: str, tmp_path: Path
+) -> None:
+    lean, plain = _load_both(_save(tmp_path, LEAN[kind]()))
+    assert isinstance(lean, LeanSklearnModel)
+    assert (lean.inputs, lean.outputs, lean.platform) == (plain.inputs, plain.outputs, "sklearn")
+    assert lean.output_parameters == plain.output_parameters
+    fresh = (np.random.default_rng(5).normal(size=(1000, 5)) * 30).astype(np.float32)
+    for rows in (fresh[:1], fresh[1:3], fresh[:64], fresh):
+        _assert_same(lean.predict({"input": rows.copy()}), plain.predict({"input": rows.copy()}))
+        for output in lean.outputs:  # one output asked alone takes its own method
+            names = [output.name]
+            _assert_same(
+                lean.predict({"input": rows.copy()}, names),
+                plain.predict({"input": rows.copy()}, names),
+            )
+
+
+def test_model_yaml_renames_and_an_fp64_input_are_served_alike(tmp_path: Path) -> None:
+    yaml = (
+        "inputs: [{name: features, datatype: FP64, shape: [-1, 5]}]\n"
+        "outputs: [{name: churned, datatype: INT64, shape: [-1]}]\n"
+    )
+    lean, plain = _load_both(_save(tmp_path, LEAN["scaled"](), yaml))
+    assert isinstance(lean, LeanSklearnModel)
+    assert [s.name for s in lean.outputs] == ["churned"] and lean.inputs == plain.inputs
+    rows = np.random.default_rng(2).normal(size=(20, 5)) * 40
+    _assert_same(lean.predict({"features": rows.copy()}), plain.predict({"features": rows}))
+
+
+def test_nan_is_refused_as_before(tmp_path: Path) -> None:
+    lean, _ = _load_both(_save(tmp_path, LEAN["binary"]()))
+    rows = np.ones((2, 5), np.float32)
+    rows[1, 2] = np.nan
+    with pytest.raises(InvalidInput, match="NaN"):
+        lean.check({"input": rows})
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: DecisionTreeClassifier().fit(X, BINARY), "DecisionTreeClassifier has no numpy"),
+        (lambda: make_pipeline(PCA(2), LogisticRegression()).fit(X, BINARY), "is a PCA"),
+        (  # a subclass may override anything: exact types only
+            lambda: LogisticRegressionCV(cv=3).fit(X, BINARY),
+            "LogisticRegressionCV has no numpy kernel",
+        ),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # LogisticRegressionCV's defaults
+def test_other_estimators_keep_scikit_learn_and_say_why(
+    make: Any, reason: str, tmp_path: Path
+) -> None:
+    version_dir = _save(tmp_path, make())
+    plan, why = request_plan(version_dir / "model.joblib", ModelConfig())
+    assert plan is None and reason in why
+    model = load_model(version_dir, "m", "1", ModelConfig())
+    assert isinstance(model, SklearnModel)
+
+
+def test_lean_false_in_model_yaml_keeps_scikit_learn(tmp_path: Path) -> None:
+    version_dir = _save(tmp_path, LEAN["binary"](), "runner: {lean: false}\n")
+    config = load_model_config(version_dir.parent)
+    assert config.runner == RunnerOptions(lean=False)
+    assert isinstance(load_model(version_dir, "m", "1", config), SklearnModel)
+
+
+def test_a_plan_whose_kernels_differ_by_one_ulp_is_not_served(tmp_path: Path) -> None:
+    version_dir = _save(tmp_path, LEAN["multiclass"]())
+    plan, _ = request_plan(version_dir / "model.joblib", ModelConfig())
+    assert plan is not None and build(plan, "m", "1") is not None
+    again = Plan.from_bytes(plan.to_bytes())
+    first = again.expected[0]["probabilities"]
+    first[0, 0] = np.nextafter(first[0, 0], np.inf)
+    assert build(again, "m", "1") is None
+
+
+def test_kernels_that_differ_fall_back_to_scikit_learn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exact = sklearn_lean.methods
+
+    def off(plan: Plan) -> dict[str, Any]:
+        methods = exact(plan)
+        proba = methods["probabilities"]
+        return {**methods, "probabilities": lambda x: np.nextafter(proba(x), np.inf)}
+
+    monkeypatch.setattr(sklearn_lean, "methods", off)
+    model = load_model(_save(tmp_path, LEAN["binary"]()), "m", "1", ModelConfig())
+    assert isinstance(model, SklearnModel)
+
+
+def test_an_artifact_that_cannot_load_fails_as_on_the_sklearn_path(tmp_path: Path) -> None:
+    version_dir = tmp_path / "m" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "model.joblib").write_bytes(b"not a pickle")
+    plan, why = request_plan(version_dir / "model.joblib", ModelConfig())
+    assert plan is None and "exited 1" in why
+    with pytest.raises(Exception) as lean_error:
+        load_model(version_dir, "m", "1", ModelConfig())
+    with pytest.raises(Exception) as plain_error:
+        SklearnModel.load(version_dir / "model.joblib", "m", "1", ModelConfig())
+    assert type(lean_error.value) is type(plain_error.value)
+
+
+def _mapped(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps")
+def test_a_runner_serving_a_linear_model_never_maps_scikit_learn(tmp_path: Path) -> None:
+    estimator = LEAN["scaled"]()
+    version_dir = _save(tmp_path, estimator)
+    with running(version_dir, "m") as runner:
+        rows = X[:10]
+        reply = runner.stub().ModelInfer(infer_request("m", {"input": rows}, raw=True), timeout=10)
+        answer = outputs_of(reply)
+        maps = _mapped(runner.proc.pid)
+        log = runner.log()
+    np.testing.assert_array_equal(answer["label"], estimator.predict(rows))
+    np.testing.assert_array_equal(answer["probabilities"], estimator.predict_proba(rows))
+    assert "serving with numpy kernels" in log
+    assert "site-packages/numpy/" in maps  # the check sees a package's shared objects
+    assert "site-packages/sklearn/" not in maps and "site-packages/scipy/" not in maps
