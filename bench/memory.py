@@ -6,7 +6,9 @@ to ONNX, and a custom ``model.py``), each sent 200 requests first so that every 
 and cache a request touches is allocated. Then, per process: RSS, and USS (the memory
 only this process holds: the shared libraries' pages that every Python runner maps, such
 as numpy's and scipy's, are counted once for the machine, not once per runner). A
-runner's figure "above its model" subtracts the size of its artifact file. The ledger's
+runner's figure "above its model" subtracts the size of its artifact file, and whether it
+maps scikit-learn is noted: the LogisticRegression's runner serves it with numpy kernels
+without importing scikit-learn (runners.sklearn_lean), the forest's imports it. The ledger's
 writer process (a child of the gateway, ``ledger_writer: process``) is reported beside
 the gateway.
 """
@@ -86,6 +88,12 @@ def _memory(process: psutil.Process) -> dict[str, float]:
     return {"rss_mb": round(info.rss / MB, 1), "uss_mb": round(info.uss / MB, 1)}
 
 
+def _maps_scikit_learn(process: psutil.Process) -> bool:
+    """Whether the runner imported scikit-learn (a linear model's runner does not:
+    runners.sklearn_lean), read from the shared objects it maps."""
+    return any("/sklearn/" in region.path for region in process.memory_maps())
+
+
 def _runner_name(process: psutil.Process) -> str | None:
     cmd = process.cmdline()
     return cmd[cmd.index("--name") + 1] if "--name" in cmd else None
@@ -115,6 +123,7 @@ def measure(python: str, work: Path, log_dir: Path) -> dict[str, Any]:
             usage = _memory(child)
             runners[name] = {
                 **usage,
+                "scikit_learn_loaded": _maps_scikit_learn(child),
                 "model_mb": round(size_mb, 2),
                 "rss_above_model_mb": round(usage["rss_mb"] - size_mb, 1),
                 "uss_above_model_mb": round(usage["uss_mb"] - size_mb, 1),

@@ -257,6 +257,9 @@ def _memory_goals(r: Results) -> list[Ratio]:
         goals.append(Ratio(5, "ledger writer process: USS (MB)", writer["uss_mb"]))
     for name, usage in sorted(r.memory.get("runners", {}).items()):
         note = f"model file {usage['model_mb']} MB"
+        if "scikit_learn_loaded" in usage:
+            with_sklearn = usage["scikit_learn_loaded"]
+            note += "; scikit-learn imported" if with_sklearn else "; without scikit-learn"
         rss, uss = usage["rss_above_model_mb"], usage["uss_above_model_mb"]
         shared = "memory only this runner holds; shared libraries counted once"
         goals.append(_goal(5, f"runner {name}: RSS above its model (MB)", rss, _below(100), note))
