@@ -29,7 +29,9 @@ numpy's vectorised one, not the C library's) and scikit-learn's softmax for more
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import pickletools
 import subprocess
 import sys
 import time
@@ -200,8 +202,38 @@ def build(plan: Plan, name: str, version: str) -> LeanSklearnModel | None:
     return model
 
 
+# The classes a plan can start from, as a joblib pickle names them first (by name: their
+# modules inside scikit-learn move between releases).
+_PLANNED = {"Pipeline", "LogisticRegression", "LinearRegression", "Ridge", "Lasso", "ElasticNet"}
+_SCAN_OPCODES = 64
+
+
+def first_class(artifact: Path) -> tuple[str, str] | None:
+    """The (module, name) of the first class the pickle refers to, the estimator's own
+    for joblib.dump, read from its opcodes without unpickling; None if unreadable (a
+    compressed joblib file, say). Spares the helper's scikit-learn import for the
+    models it could not plan anyway."""
+    strings: list[str] = []
+    try:
+        with artifact.open("rb") as stream:
+            for op, arg, _ in itertools.islice(pickletools.genops(stream), _SCAN_OPCODES):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                    strings.append(str(arg))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    return strings[-2], strings[-1]
+                elif op.name == "GLOBAL":
+                    module, _, name = str(arg).partition(" ")
+                    return module, name
+    except Exception:  # not a pickle opcode stream
+        return None
+    return None
+
+
 def request_plan(artifact: Path, config: ModelConfig) -> tuple[Plan | None, str]:
     """Ask the helper process for a plan; (None, why) when there is none."""
+    found = first_class(artifact)
+    if found is not None and not (found[0].startswith("sklearn.") and found[1] in _PLANNED):
+        return None, f"{found[1]} has no numpy kernel"
     argv = [sys.executable, "-m", "runners.sklearn_plan", str(artifact), config.model_dump_json()]
     try:
         done = subprocess.run(

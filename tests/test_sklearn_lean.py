@@ -8,12 +8,15 @@ their real entry points (the lean one through its helper process).
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import (
     ElasticNet,
     Lasso,
@@ -208,3 +211,26 @@ def test_a_runner_serving_a_linear_model_never_maps_scikit_learn(tmp_path: Path)
     assert "serving with numpy kernels" in log
     assert "site-packages/numpy/" in maps  # the check sees a package's shared objects
     assert "site-packages/sklearn/" not in maps and "site-packages/scipy/" not in maps
+
+
+def test_a_compressed_joblib_file_is_planned_too(tmp_path: Path) -> None:
+    version_dir = tmp_path / "m" / "1"
+    version_dir.mkdir(parents=True)
+    joblib.dump(LEAN["binary"](), version_dir / "model.joblib", compress=3)
+    assert sklearn_lean.first_class(version_dir / "model.joblib") is None  # unreadable ...
+    model = load_model(version_dir, "m", "1", ModelConfig())
+    assert isinstance(model, LeanSklearnModel)  # ... so the helper decides
+
+
+def test_an_estimator_named_first_without_a_kernel_starts_no_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version_dir = _save(tmp_path, RandomForestClassifier(n_estimators=3).fit(X, BINARY))
+    found = sklearn_lean.first_class(version_dir / "model.joblib")
+    assert found == ("sklearn.ensemble._forest", "RandomForestClassifier")
+
+    def no_helper(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the helper was started")
+
+    monkeypatch.setattr(subprocess, "run", no_helper)
+    assert isinstance(load_model(version_dir, "m", "1", ModelConfig()), SklearnModel)
