@@ -15,6 +15,7 @@ import grpc
 import psutil
 import pytest
 
+from greenroom_client.control import ControlClient
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.models import build_repository
 from tests.pg import Cluster, PostgresMissing, bin_dir, postgres_cluster
@@ -155,3 +156,19 @@ def pg_cluster() -> Iterator[Cluster]:
         pytest.fail(missing, pytrace=False)
     with postgres_cluster() as cluster:
         yield cluster
+
+
+def wait_for_predictions(
+    control: ControlClient, model: str, version: str, count: int, timeout: float = 30.0
+) -> None:
+    """Until the ledger holds ``count`` predictions of ``version``: shadow copies are
+    answered after the primary and recorded in batches, so a report or a label sent
+    right after the traffic may not see the last ones yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        versions = {v["version"]: v for v in control.report(model)["versions"]}
+        seen = versions.get(version, {}).get("predictions", 0)
+        if seen >= count:
+            return
+        assert time.monotonic() < deadline, f"{model}/{version}: {seen} of {count} recorded"
+        time.sleep(0.1)

@@ -344,7 +344,7 @@ def test_with_a_delay_a_lone_request_waits_about_the_delay_then_runs_alone() -> 
     answer = batcher.run({"x": x}, ["y"])
     elapsed = time.monotonic() - began
     np.testing.assert_array_equal(answer["y"], x * 2)
-    assert 0.15 < elapsed < 2.0
+    assert 0.15 < elapsed < 10  # waited for the delay, and not forever
     assert [(c.rows, c.thread) for c in fake.calls] == [(2, threading.get_ident())]
     assert batcher.queued() == 0
 

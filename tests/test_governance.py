@@ -18,7 +18,7 @@ from gateway import provenance
 from greenroom_client import Client
 from greenroom_client.control import ControlClient
 from greenroom_client.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, wait_for_predictions
 from tests.test_external_and_cli import greenroom
 from tests.test_shadow_e2e import cli_json
 
@@ -104,6 +104,7 @@ def traffic_drift_report_backtest(
     shifted = control.drift("m", "2")
     flagged = {f["feature"] for f in shifted["features"] if f["drifted"]}
     assert flagged == {"c"}, shifted
+    wait_for_predictions(control, "m", "2", 1300)
     over = control.report_over_time("m", "hour")
     by_version = {p["version"]: p for p in over["points"]}
     assert by_version["1"]["labelled"] == 1300 and by_version["2"]["labelled"] == 1300

@@ -10,7 +10,7 @@ import numpy as np
 
 from greenroom_client.control import ControlClient
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, wait_for_predictions
 from tests.pg import Cluster
 from tests.test_gateway import request
 from tests.test_shadow_e2e import build
@@ -65,6 +65,7 @@ def test_gateway_on_postgresql(tmp_path: Path, pg_cluster: Cluster, repo: Path) 
         with ControlClient(gateway.target) as control:
             control.deploy("churn", "1", shadows={"2": 1.0}, reason="on postgres")
             send(gateway.target, x, "pg-")
+            wait_for_predictions(control, "churn", "2", 50)
             fed = control.feedback("churn", [(f"pg-{i}", 0, "1") for i in range(50)])
             assert fed == {"accepted": 50, "matched": 50, "unmatched": 0, "duplicates": 0}
             report = control.report("churn")

@@ -431,11 +431,11 @@ def test_a_command_that_cannot_start(setup: Setup) -> None:
 def test_a_hanging_command_is_killed_with_its_children(setup: Setup, tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     command = python(HANG, str(pid_file))
-    retrainer = setup.retrainer(policy(command, timeout_s=1), kill_grace_s=0.5)
+    retrainer = setup.retrainer(policy(command, timeout_s=3), kill_grace_s=0.5)
     started = time.monotonic()
     outcome = asyncio.run(retrainer.run_now(MODEL))
-    assert time.monotonic() - started < 5
-    assert_not_deployed(setup, outcome, "timed out after 1 s")
+    assert time.monotonic() - started < 30  # killed, not waited for
+    assert_not_deployed(setup, outcome, "timed out after 3 s")
     assert outcome.stage == "train" and "training forever" in outcome.log_tail
     child = int(pid_file.read_text())
     deadline = time.monotonic() + 3

@@ -20,7 +20,7 @@ from sklearn.datasets import make_classification
 from gateway.ledger import Ledger
 from greenroom_client.control import ControlClient
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, wait_for_predictions
 from tests.test_gateway import request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +70,7 @@ def test_go_runner_shadows_the_python_runner_and_agrees(
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             for i in range(250):
                 stub.ModelInfer(request("lgbm", {"input": x[i : i + 1]}, id=f"g{i}"))
+        wait_for_predictions(control, "lgbm", "2", 250)
         truth = [(f"g{i}", 0, str(i % 2)) for i in range(250)]
         control.feedback("lgbm", truth)
         decision = control.decide("lgbm", "2", min_pairs=200)
