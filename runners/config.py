@@ -42,9 +42,10 @@ listen. ``kind`` is ``process`` (the default: a supervised runner process) or
 inprocess`` is short for ``{kind: inprocess}``); with ``versions``, only the versions it
 lists run in process, the others in runner processes.
 ``lean`` (default true) serves a ``model.joblib`` linear model (LogisticRegression,
-LinearRegression, Ridge, Lasso, ElasticNet, after StandardScaler steps or not) with numpy
-kernels proven bit-equal to scikit-learn at load, in a runner that never imports
-scikit-learn (runners.sklearn_lean); false loads it with scikit-learn in the runner.
+LinearRegression, Ridge, LinearSVC... ``runners.sklearn_lean.KINDS``, after StandardScaler
+steps or not) with numpy kernels proven bit-equal to scikit-learn at load, in a runner
+that never imports scikit-learn (runners.sklearn_lean); false loads it with scikit-learn
+in the runner.
 
 Dynamic batching (runners.batching), in Triton's words:
 

@@ -11,9 +11,11 @@ scipy.special's ``expit`` for binary classifiers: 18 MB, where scikit-learn is 8
 serves it through the same ``EstimatorModel`` (finiteness check, one probability pass,
 ties asked of predict).
 
-Known exactly (types, not subclasses): LogisticRegression, LinearRegression, Ridge,
-Lasso and ElasticNet, bare or as the last step of a Pipeline whose other steps are
-StandardScaler (or "passthrough"), with an FP32 or FP64 input.
+Known exactly (scikit-learn's own types, not subclasses; ``KINDS``): LogisticRegression;
+the classifiers without probabilities RidgeClassifier(CV) and LinearSVC; the regressors
+LinearRegression, Ridge(CV), Lasso(CV), ElasticNet(CV), SGDRegressor, HuberRegressor,
+BayesianRidge and LinearSVR; bare or as the last step of a Pipeline whose other steps
+are StandardScaler (or "passthrough"), with an FP32 or FP64 input.
 
 Nothing is taken on trust. The runner runs its kernels on the plan's probes and keeps
 them only if every served output is the same dtype, shape and bits as the scikit-learn
@@ -52,7 +54,23 @@ from runners.model import Arrays, Binding, Model
 
 log = structlog.get_logger(__name__)
 
-Kind = Literal["logistic", "linear"]
+# "logistic": predict and predict_proba; "classifier": predict from the decision function;
+# "linear": a regressor's predict.
+Kind = Literal["logistic", "classifier", "linear"]
+
+# scikit-learn's own estimators (by name, within its modules: exact types, no subclass)
+# whose answers are a linear kernel's.
+KINDS: dict[str, Kind] = {
+    "LogisticRegression": "logistic",
+    **dict.fromkeys(["RidgeClassifier", "RidgeClassifierCV", "LinearSVC"], "classifier"),
+    **dict.fromkeys(
+        [
+            "LinearRegression", "Ridge", "RidgeCV", "Lasso", "LassoCV", "ElasticNet",
+            "ElasticNetCV", "SGDRegressor", "HuberRegressor", "BayesianRidge", "LinearSVR",
+        ],
+        "linear",
+    ),
+}  # fmt: skip
 
 
 @dataclass
@@ -165,6 +183,8 @@ def methods(plan: Plan) -> dict[str, Method]:
         return {"prediction": scores, "label": scores, "probabilities": scores}
     assert plan.classes is not None
     predict = linear_kernels.logistic_predict(scores, plan.classes)
+    if plan.kind == "classifier":  # no predict_proba: no probabilities output
+        return {"label": predict, "prediction": predict, "probabilities": predict}
     proba = linear_kernels.logistic_proba(scores, int(np.size(plan.classes)))
     return {"label": predict, "prediction": predict, "probabilities": proba}
 
@@ -202,9 +222,8 @@ def build(plan: Plan, name: str, version: str) -> LeanSklearnModel | None:
     return model
 
 
-# The classes a plan can start from, as a joblib pickle names them first (by name: their
-# modules inside scikit-learn move between releases).
-_PLANNED = {"Pipeline", "LogisticRegression", "LinearRegression", "Ridge", "Lasso", "ElasticNet"}
+# The classes a plan can start from, as a joblib pickle names them first.
+_PLANNED = {"Pipeline", *KINDS}
 _SCAN_OPCODES = 64
 
 

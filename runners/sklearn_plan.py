@@ -19,27 +19,23 @@ from typing import Any
 
 import joblib
 import numpy as np
-from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from greenroom_client.tensors import DTYPES
 from runners.config import ModelConfig
 from runners.sklearn_fast import probes
-from runners.sklearn_lean import Kind, Plan
+from runners.sklearn_lean import KINDS, Plan
 from runners.sklearn_model import SklearnModel
-
-_KINDS: dict[type, Kind] = {
-    LogisticRegression: "logistic",
-    LinearRegression: "linear",
-    Ridge: "linear",
-    Lasso: "linear",
-    ElasticNet: "linear",
-}
 
 
 class Unsupported(Exception):
     """The estimator is not one the numpy kernels repeat exactly."""
+
+
+def _own(estimator: Any) -> bool:
+    """scikit-learn's own class, not one defined elsewhere under the same name."""
+    return type(estimator).__module__.split(".")[0] == "sklearn"
 
 
 def _steps(estimator: Any) -> tuple[list[StandardScaler], Any]:
@@ -51,7 +47,7 @@ def _steps(estimator: Any) -> tuple[list[StandardScaler], Any]:
     for name, step in front:
         if step is None or step == "passthrough":
             continue
-        if type(step) is not StandardScaler:
+        if type(step) is not StandardScaler:  # exact: a subclass may transform otherwise
             raise Unsupported(f"pipeline step {name!r} is a {type(step).__name__}")
         scalers.append(step)
     return scalers, final
@@ -60,7 +56,7 @@ def _steps(estimator: Any) -> tuple[list[StandardScaler], Any]:
 def make_plan(estimator: Any, model: SklearnModel) -> Plan:
     """The plan for ``estimator`` as ``model`` serves it; Unsupported if there is none."""
     scalers, final = _steps(estimator)
-    kind = _KINDS.get(type(final))
+    kind = KINDS.get(type(final).__name__) if _own(final) else None
     if kind is None:
         raise Unsupported(f"{type(final).__name__} has no numpy kernel")
     datatype = model.inputs[0].datatype
@@ -80,7 +76,7 @@ def make_plan(estimator: Any, model: SklearnModel) -> Plan:
             )
             for s in scalers
         ],
-        classes=np.asarray(final.classes_) if kind == "logistic" else None,
+        classes=None if kind == "linear" else np.asarray(final.classes_),
         argmax=model.classes is not None,
         allow_nan=model.allow_nan,
         output_parameters=model.output_parameters,

@@ -18,15 +18,22 @@ import pytest
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import (
+    BayesianRidge,
     ElasticNet,
+    HuberRegressor,
     Lasso,
+    LassoCV,
     LinearRegression,
     LogisticRegression,
     LogisticRegressionCV,
     Ridge,
+    RidgeClassifier,
+    RidgeCV,
+    SGDRegressor,
 )
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC, LinearSVR
 from sklearn.tree import DecisionTreeClassifier
 
 from greenroom_client.errors import InvalidInput
@@ -63,6 +70,16 @@ LEAN: dict[str, Any] = {
     "ridge-2d": lambda: Ridge().fit(X, np.c_[X[:, 0], X[:, 1] * 3]),
     "lasso": lambda: make_pipeline(StandardScaler(), Lasso(alpha=0.01)).fit(X, X[:, 3]),
     "elasticnet": lambda: ElasticNet(alpha=0.01).fit(X, X[:, 4]),
+    "ridge-classifier": lambda: RidgeClassifier().fit(X, THREE),
+    "linear-svc": lambda: make_pipeline(StandardScaler(), LinearSVC()).fit(
+        X, np.where(BINARY == 1, "yes", "no")
+    ),
+    "ridgecv-2d": lambda: RidgeCV().fit(X, np.c_[X[:, 0], X[:, 2]]),
+    "lassocv": lambda: make_pipeline(StandardScaler(), LassoCV(cv=3)).fit(X, X[:, 1]),
+    "sgd": lambda: make_pipeline(StandardScaler(), SGDRegressor(random_state=0)).fit(X, X[:, 0]),
+    "huber": lambda: HuberRegressor(max_iter=1000).fit(X, X[:, 2] * 3),
+    "bayesian-ridge": lambda: BayesianRidge().fit(X, X[:, 3]),
+    "linear-svr": lambda: make_pipeline(StandardScaler(), LinearSVR()).fit(X, X[:, 4]),
 }
 
 
