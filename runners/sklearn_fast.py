@@ -12,7 +12,7 @@ then ``expit`` or ``softmax``), so its answers are the same bits. That is not ta
 trust: ``fast_methods`` runs every kernel beside the estimator's method on probe batches
 (one row and several, in the input's datatype, ordinary and extreme values) and keeps
 only kernels whose answers are ``array_equal`` to it; any difference, or an estimator
-this module does not know exactly (subclasses included), keeps scikit-learn's method.
+not in ``runners.sklearn_lean.KINDS`` (subclasses included), keeps scikit-learn's method.
 Kernels are built from the fitted attributes once, so refitting an estimator in place is
 not supported (a served artifact never changes).
 """
@@ -24,36 +24,27 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import structlog
-from sklearn.linear_model import (
-    ElasticNet,
-    Lasso,
-    LinearRegression,
-    LogisticRegression,
-    Ridge,
-)
 
 from runners import linear_kernels
 from runners.linear_kernels import Method
+from runners.sklearn_lean import kind_of
 
 log = structlog.get_logger(__name__)
 
-# Exact types only: a subclass may override any method.
-_REGRESSORS = (LinearRegression, Ridge, Lasso, ElasticNet)
-
-
-def _linear(estimator: Any) -> Method:
-    return linear_kernels.scores(estimator.coef_, estimator.intercept_)
-
 
 def _kernels(estimator: Any) -> dict[str, Method]:
-    """Candidate kernels by method name, for estimators known exactly."""
-    kind = type(estimator)
-    if kind is LogisticRegression:
-        n_classes = int(np.size(estimator.classes_))
-        return {"predict_proba": linear_kernels.logistic_proba(_linear(estimator), n_classes)}
-    if kind in _REGRESSORS:
-        return {"predict": _linear(estimator)}
-    return {}
+    """Candidate kernels by method name, for the estimators runners.sklearn_lean knows."""
+    kind = kind_of(estimator)
+    if kind is None:
+        return {}
+    scores = linear_kernels.scores(estimator.coef_, estimator.intercept_)
+    if kind == "linear":
+        return {"predict": scores}
+    classes = np.asarray(estimator.classes_)
+    kernels = {"predict": linear_kernels.logistic_predict(scores, classes)}
+    if kind == "logistic":
+        kernels["predict_proba"] = linear_kernels.logistic_proba(scores, int(np.size(classes)))
+    return kernels
 
 
 def probes(n_features: int, dtype: npt.DTypeLike) -> list[npt.NDArray[Any]]:

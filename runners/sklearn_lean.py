@@ -73,6 +73,13 @@ KINDS: dict[str, Kind] = {
 }  # fmt: skip
 
 
+def kind_of(estimator: Any) -> Kind | None:
+    """The estimator's kernel kind, for scikit-learn's own classes only (a subclass, or a
+    class of the same name elsewhere, may compute otherwise)."""
+    kind = type(estimator)
+    return KINDS.get(kind.__name__) if kind.__module__.split(".")[0] == "sklearn" else None
+
+
 @dataclass
 class Plan:
     """What the helper found: enough to serve the model and to prove the kernels."""

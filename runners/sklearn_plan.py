@@ -25,17 +25,12 @@ from sklearn.preprocessing import StandardScaler
 from greenroom_client.tensors import DTYPES
 from runners.config import ModelConfig
 from runners.sklearn_fast import probes
-from runners.sklearn_lean import KINDS, Plan
+from runners.sklearn_lean import Plan, kind_of
 from runners.sklearn_model import SklearnModel
 
 
 class Unsupported(Exception):
     """The estimator is not one the numpy kernels repeat exactly."""
-
-
-def _own(estimator: Any) -> bool:
-    """scikit-learn's own class, not one defined elsewhere under the same name."""
-    return type(estimator).__module__.split(".")[0] == "sklearn"
 
 
 def _steps(estimator: Any) -> tuple[list[StandardScaler], Any]:
@@ -56,7 +51,7 @@ def _steps(estimator: Any) -> tuple[list[StandardScaler], Any]:
 def make_plan(estimator: Any, model: SklearnModel) -> Plan:
     """The plan for ``estimator`` as ``model`` serves it; Unsupported if there is none."""
     scalers, final = _steps(estimator)
-    kind = KINDS.get(type(final).__name__) if _own(final) else None
+    kind = kind_of(final)
     if kind is None:
         raise Unsupported(f"{type(final).__name__} has no numpy kernel")
     datatype = model.inputs[0].datatype
