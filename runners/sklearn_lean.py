@@ -272,7 +272,10 @@ def request_plan(artifact: Path, config: ModelConfig) -> tuple[Plan | None, str]
         return None, f"the plan helper exited {done.returncode}: {why[-1] if why else ''}"
     if not done.stdout:
         return None, why[-1] if why else "no plan"
-    return Plan.from_bytes(done.stdout), ""
+    try:
+        return Plan.from_bytes(done.stdout), ""
+    except Exception as exc:  # not a plan this runner can read: serve with scikit-learn
+        return None, f"the plan helper's answer is unreadable: {exc!r}"
 
 
 class LeanSklearnModel(EstimatorModel):

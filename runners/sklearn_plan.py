@@ -87,6 +87,8 @@ def make_plan(estimator: Any, model: SklearnModel) -> Plan:
 def main(argv: list[str]) -> int:
     artifact, config_json = Path(argv[0]), argv[1]
     config = ModelConfig.model_validate_json(config_json)
+    plan_out = sys.stdout.buffer
+    sys.stdout = sys.stderr  # whatever the model's own modules print stays off the plan
     try:
         estimator = joblib.load(artifact)
         model = SklearnModel.from_estimator(estimator, artifact, "plan", "0", config)
@@ -98,8 +100,8 @@ def main(argv: list[str]) -> int:
     except Unsupported as exc:
         print(exc, file=sys.stderr)
         return 0
-    sys.stdout.buffer.write(plan.to_bytes())
-    sys.stdout.flush()
+    plan_out.write(plan.to_bytes())
+    plan_out.flush()
     return 0
 
 

@@ -9,6 +9,7 @@ their real entry points (the lean one through its helper process).
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from sklearn.svm import LinearSVC, LinearSVR
 from sklearn.tree import DecisionTreeClassifier
 
 from greenroom_client.errors import InvalidInput
-from runners import sklearn_lean
+from runners import sklearn_lean, sklearn_plan
 from runners.config import ModelConfig, RunnerOptions, load_model_config
 from runners.model import load_model
 from runners.sklearn_lean import LeanSklearnModel, Plan, build, request_plan
@@ -250,4 +251,37 @@ def test_an_estimator_named_first_without_a_kernel_starts_no_helper(
         raise AssertionError("the helper was started")
 
     monkeypatch.setattr(subprocess, "run", no_helper)
+    assert isinstance(load_model(version_dir, "m", "1", ModelConfig()), SklearnModel)
+
+
+def test_what_the_model_prints_while_loading_stays_off_the_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    version_dir = _save(tmp_path, LEAN["scaled"]())
+    real_load = joblib.load
+
+    def chatty_load(path: Any) -> Any:
+        print("hello from the model's module")
+        return real_load(path)
+
+    monkeypatch.setattr(joblib, "load", chatty_load)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # main() points it at stderr
+    artifact = str(version_dir / "model.joblib")
+    assert sklearn_plan.main([artifact, ModelConfig().model_dump_json()]) == 0
+    captured = capsysbinary.readouterr()
+    assert b"hello from the model's module" in captured.err
+    assert build(Plan.from_bytes(captured.out), "m", "1") is not None
+
+
+def test_an_unreadable_plan_falls_back_to_scikit_learn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version_dir = _save(tmp_path, LEAN["binary"]())
+
+    def garbage(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.CompletedProcess(argv, 0, stdout=b"not an npz", stderr=b"")
+
+    monkeypatch.setattr(subprocess, "run", garbage)
+    plan, why = request_plan(version_dir / "model.joblib", ModelConfig())
+    assert plan is None and "unreadable" in why
     assert isinstance(load_model(version_dir, "m", "1", ModelConfig()), SklearnModel)
