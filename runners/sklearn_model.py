@@ -131,28 +131,43 @@ def _native_input(estimator: Any, config: ModelConfig, where: str) -> TensorSpec
     return TensorSpec("input", "FP32", (-1, int(n_features) if n_features else -1))
 
 
-def _first_step(estimator: Any) -> Any:
-    """The estimator that sees the raw input: a pipeline's first real step, recursively."""
-    while isinstance(estimator, Pipeline):
-        steps = [step for _, step in estimator.steps if step not in (None, "passthrough")]
-        if not steps:
-            break
-        estimator = steps[0]
-    return estimator
+def _steps(estimator: Any) -> list[Any]:
+    """The estimators the input goes through, in order: a pipeline's real steps,
+    nested pipelines flattened."""
+    if not isinstance(estimator, Pipeline):
+        return [estimator]
+    steps = [step for _, step in estimator.steps if step not in (None, "passthrough")]
+    return [inner for step in steps for inner in _steps(step)]
 
 
-def _allows_nan(estimator: Any) -> bool:
-    """Whether the estimator takes NaN as "missing", after its scikit-learn tags. A
-    Pipeline's own tag always says no, so its first step is asked. Estimators without
-    tags (not scikit-learn's) are taken not to."""
-    first = _first_step(estimator)
+def _tag_allows_nan(estimator: Any) -> bool:
+    """The estimator's scikit-learn ``allow_nan`` tag; estimators without tags (not
+    scikit-learn's) are taken not to."""
     try:
         get_tags = getattr(sklearn.utils, "get_tags", None)
         if get_tags is not None:  # scikit-learn >= 1.6
-            return bool(get_tags(first).input_tags.allow_nan)
-        return bool(first._get_tags().get("allow_nan", False))
+            return bool(get_tags(estimator).input_tags.allow_nan)
+        return bool(estimator._get_tags().get("allow_nan", False))
     except Exception:  # a third-party estimator with broken or missing tags
         return False
+
+
+def _allows_nan(estimator: Any) -> bool:
+    """Whether the model takes NaN as "missing", after its steps' scikit-learn tags.
+
+    NaN must be taken by each step it reaches: a scaler passes it on (StandardScaler
+    "allows" NaN), so a scaler before a LogisticRegression does not, and such a request
+    is refused rather than answered with NaN probabilities. An imputer ends the walk (it
+    fills NaN in), and so does a composite transformer (ColumnTransformer, FeatureUnion),
+    whose own tag speaks for what it holds."""
+    steps = _steps(estimator)
+    for step in steps:
+        if not _tag_allows_nan(step):
+            return False
+        composite = hasattr(step, "transformers") or hasattr(step, "transformer_list")
+        if composite or type(step).__module__.startswith("sklearn.impute"):
+            return True
+    return bool(steps)
 
 
 def _assume_finite(method: Method) -> Method:

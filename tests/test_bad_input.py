@@ -131,6 +131,12 @@ CASES = [
         ["2 entries for 1 tensors"],
     ),
     ("empty model name", request("", {"input": ROW}), "INVALID_ARGUMENT", ["model_name is empty"]),
+    (  # iris is StandardScaler + LogisticRegression: the scaler would pass NaN on
+        "NaN",
+        request("iris", {"input": np.array([[1.0, np.nan, 1.0, 1.0]], dtype=np.float32)}),
+        "INVALID_ARGUMENT",
+        ["input 'input'", "contains NaN or infinity"],
+    ),
     (
         "unknown output",
         pb.ModelInferRequest(

@@ -27,6 +27,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from greenroom_client.errors import InternalError, InvalidInput
 from greenroom_proto.inference import grpc_service_pb2 as pb
@@ -593,6 +594,11 @@ def test_sklearn_refuses_nan_unless_the_estimator_takes_it_as_missing(tmp_path: 
         "plain": LogisticRegression(max_iter=1000).fit(X, Y),
         "hgb": HistGradientBoostingClassifier(max_iter=5).fit(holes, Y),
         "imputer": make_pipeline(SimpleImputer(), LogisticRegression(max_iter=1000)).fit(holes, Y),
+        # StandardScaler passes NaN on: the pipeline takes it only if its next step does
+        "scaled": make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, Y),
+        "scaled-hgb": make_pipeline(
+            StandardScaler(), HistGradientBoostingClassifier(max_iter=5)
+        ).fit(holes, Y),
     }
     nan = {"input": np.array([[1, np.nan, 1, 1]], dtype=np.float32)}
     inf = {"input": np.array([[1, np.inf, 1, 1]], dtype=np.float32)}
@@ -601,7 +607,7 @@ def test_sklearn_refuses_nan_unless_the_estimator_takes_it_as_missing(tmp_path: 
         model = load_model(model_dir, name, "1", load_model_config(model_dir.parent))
         with pytest.raises(InvalidInput) as refused:
             model.check(inf)
-        if name == "plain":
+        if name in ("plain", "scaled"):
             assert str(refused.value) == "input 'input': contains NaN or infinity"
             with pytest.raises(InvalidInput):
                 model.check(nan)
