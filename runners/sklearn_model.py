@@ -19,11 +19,12 @@ Rows are independent, so concurrent requests are batched (runners.batching). The
 run under ``assume_finite=True``: scikit-learn's own finiteness check would otherwise
 run again on every call, and a NaN would surface as an opaque INTERNAL error (or fail a
 whole batch). Instead ``check`` refuses, per request and before merging, a float input
-holding NaN or infinity with INVALID_ARGUMENT; for an estimator that takes NaN as
-"missing" (HistGradientBoosting*, a pipeline starting with an imputer), only infinity.
-Linear models (LogisticRegression, LinearRegression, Ridge, Lasso, ElasticNet) skip
-scikit-learn's per-call input validation altogether through ``runners.sklearn_fast``,
-whose kernels are kept only after giving the estimator's own bits at load.
+holding NaN or infinity with INVALID_ARGUMENT; for a model that takes NaN as "missing"
+(HistGradientBoosting*, a pipeline starting with an imputer; not a scaler before a
+model that does not), only infinity. Linear models skip scikit-learn's per-call input
+validation altogether through ``runners.sklearn_fast``, whose kernels are kept only
+after giving the estimator's own bits at load; runners.sklearn_lean serves them without
+loading scikit-learn at all.
 """
 
 from __future__ import annotations
