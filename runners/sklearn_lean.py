@@ -98,37 +98,32 @@ class Plan:
     expected: list[Arrays] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
-        """An ``.npz`` without pickles: arrays by key, the rest as JSON in ``meta``."""
+        """An ``.npz`` without pickles: arrays by key, the rest as JSON in ``meta``. Object
+        arrays (str classes and their labels) travel as str and are listed in ``meta``."""
         arrays: dict[str, Any] = {"coef": self.coef, "intercept": self.intercept}
         for i, (mean, scale) in enumerate(self.scalers):
             if mean is not None:
                 arrays[f"mean{i}"] = mean
             if scale is not None:
                 arrays[f"scale{i}"] = scale
-        object_classes = self.classes is not None and self.classes.dtype == object
         if self.classes is not None:
-            arrays["classes"] = self.classes.astype(str) if object_classes else self.classes
-        object_expected = []
+            arrays["classes"] = self.classes
         for i, (probe, answer) in enumerate(zip(self.probes, self.expected, strict=True)):
             arrays[f"probe{i}"] = probe
-            for name, value in answer.items():
-                key = f"expected{i}/{name}"
-                objects = value.dtype == object  # labels of str classes: savez would pickle
-                if objects:
-                    object_expected.append(key)
-                arrays[key] = value.astype(str) if objects else value
+            arrays.update({f"expected{i}/{name}": value for name, value in answer.items()})
+        objects = [key for key, value in arrays.items() if value.dtype == object]
         meta = {
             "kind": self.kind,
             "inputs": [_binding_json(b) for b in self.inputs],
             "outputs": [_binding_json(b) for b in self.outputs],
             "scalers": len(self.scalers),
-            "object_classes": object_classes,
             "argmax": self.argmax,
             "allow_nan": self.allow_nan,
             "output_parameters": self.output_parameters,
             "probes": len(self.probes),
-            "object_expected": object_expected,
+            "objects": objects,
         }
+        arrays.update({key: arrays[key].astype(str) for key in objects})
         buffer = io.BytesIO()
         np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
         return buffer.getvalue()
@@ -138,15 +133,12 @@ class Plan:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
         meta = json.loads(str(arrays.pop("meta")))
-        classes = arrays.get("classes")
-        if classes is not None and meta["object_classes"]:
-            classes = classes.astype(object)
+        arrays.update({key: arrays[key].astype(object) for key in meta["objects"]})
         expected: list[Arrays] = [{} for _ in range(meta["probes"])]
         for key, value in arrays.items():
             if key.startswith("expected"):
                 index, name = key.removeprefix("expected").split("/", 1)
-                objects = key in meta["object_expected"]
-                expected[int(index)][name] = value.astype(object) if objects else value
+                expected[int(index)][name] = value
         return cls(
             kind=meta["kind"],
             coef=arrays["coef"],
@@ -156,7 +148,7 @@ class Plan:
             scalers=[
                 (arrays.get(f"mean{i}"), arrays.get(f"scale{i}")) for i in range(meta["scalers"])
             ],
-            classes=classes,
+            classes=arrays.get("classes"),
             argmax=meta["argmax"],
             allow_nan=meta["allow_nan"],
             output_parameters=meta["output_parameters"],
@@ -286,15 +278,17 @@ class LeanSklearnModel(EstimatorModel):
         if config.runner.lean:
             began = time.perf_counter()
             plan, why = request_plan(artifact, config)
-            model = build(plan, name, version) if plan is not None else None
-            if model is not None:
-                log.info(
-                    "serving with numpy kernels, without scikit-learn",
-                    kernel=plan.kind if plan else None,
-                    plan_s=round(time.perf_counter() - began, 3),
-                )
-                return model
-            log.info("serving with scikit-learn", reason=why or "the kernels differ on probes")
+            if plan is not None:
+                model = build(plan, name, version)
+                if model is not None:
+                    log.info(
+                        "serving with numpy kernels, without scikit-learn",
+                        kernel=plan.kind,
+                        plan_s=round(time.perf_counter() - began, 3),
+                    )
+                    return model
+                why = "the kernels differ on probes"
+            log.info("serving with scikit-learn", reason=why)
         from runners.sklearn_model import SklearnModel  # noqa: PLC0415 - 70 MB, only if needed
 
         return SklearnModel.load(artifact, name, version, config)

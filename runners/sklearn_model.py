@@ -132,13 +132,13 @@ def _native_input(estimator: Any, config: ModelConfig, where: str) -> TensorSpec
     return TensorSpec("input", "FP32", (-1, int(n_features) if n_features else -1))
 
 
-def _steps(estimator: Any) -> list[Any]:
+def pipeline_steps(estimator: Any) -> list[Any]:
     """The estimators the input goes through, in order: a pipeline's real steps,
     nested pipelines flattened."""
     if not isinstance(estimator, Pipeline):
         return [estimator]
     steps = [step for _, step in estimator.steps if step not in (None, "passthrough")]
-    return [inner for step in steps for inner in _steps(step)]
+    return [inner for step in steps for inner in pipeline_steps(step)]
 
 
 def _tag_allows_nan(estimator: Any) -> bool:
@@ -161,7 +161,7 @@ def _allows_nan(estimator: Any) -> bool:
     is refused rather than answered with NaN probabilities. An imputer ends the walk (it
     fills NaN in), and so does a composite transformer (ColumnTransformer, FeatureUnion),
     whose own tag speaks for what it holds."""
-    steps = _steps(estimator)
+    steps = pipeline_steps(estimator)
     for step in steps:
         if not _tag_allows_nan(step):
             return False

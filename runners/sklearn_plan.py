@@ -26,31 +26,24 @@ from greenroom_client.tensors import DTYPES
 from runners.config import ModelConfig
 from runners.sklearn_fast import probes
 from runners.sklearn_lean import Plan, kind_of
-from runners.sklearn_model import SklearnModel
+from runners.sklearn_model import SklearnModel, pipeline_steps
 
 
 class Unsupported(Exception):
     """The estimator is not one the numpy kernels repeat exactly."""
 
 
-def _steps(estimator: Any) -> tuple[list[StandardScaler], Any]:
-    """A pipeline's StandardScalers and its final estimator (exact types only)."""
-    if type(estimator) is not Pipeline:
-        return [], estimator
-    *front, (_, final) = estimator.steps
-    scalers = []
-    for name, step in front:
-        if step is None or step == "passthrough":
-            continue
-        if type(step) is not StandardScaler:  # exact: a subclass may transform otherwise
-            raise Unsupported(f"pipeline step {name!r} is a {type(step).__name__}")
-        scalers.append(step)
-    return scalers, final
-
-
 def make_plan(estimator: Any, model: SklearnModel) -> Plan:
     """The plan for ``estimator`` as ``model`` serves it; Unsupported if there is none."""
-    scalers, final = _steps(estimator)
+    if isinstance(estimator, Pipeline) and type(estimator) is not Pipeline:
+        raise Unsupported(f"{type(estimator).__name__} is a Pipeline subclass")
+    steps = pipeline_steps(estimator)
+    if not steps:
+        raise Unsupported("the pipeline has no steps")
+    *scalers, final = steps
+    for step in scalers:
+        if type(step) is not StandardScaler:  # exact: a subclass may transform otherwise
+            raise Unsupported(f"a pipeline step is a {type(step).__name__}")
     kind = kind_of(final)
     if kind is None:
         raise Unsupported(f"{type(final).__name__} has no numpy kernel")

@@ -30,11 +30,12 @@ from gateway.inprocess import InProcessRunner
 from gateway.repository import load_model
 from gateway.settings import GatewaySettings
 from gateway.supervisor import RunnerState
+from greenroom_client.control import ControlClient
 from greenroom_client.errors import DeadlineExceeded
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from runners.config import ConfigError, ModelConfig
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, wait_for_predictions
 from tests.models import export_onnx, iris
 from tests.test_bad_input import CASES
 from tests.test_external_and_cli import greenroom
@@ -233,13 +234,10 @@ def test_in_process_shadow_is_recorded_in_the_ledger(
         writer = csv.writer(handle)
         writer.writerow(["request_id", "row", "label"])
         writer.writerows([f"m-{i}", 0, int(label)] for i, label in enumerate(y))
-    deadline = time.monotonic() + 30
-    while True:  # shadow copies are answered after the primary, and recorded in batches
-        report = cli_json("report", "mixed", "--target", target)
-        by_version = {v["version"]: v for v in report["versions"]}
-        if by_version.get("2", {}).get("predictions") == len(x) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    with ControlClient(target) as control:
+        wait_for_predictions(control, "mixed", "2", len(x))
+    report = cli_json("report", "mixed", "--target", target)
+    by_version = {v["version"]: v for v in report["versions"]}
     assert report["ledger"]["shadow_drops"] == {"2": 0}
     assert by_version["2"]["role"] == "shadow"
     assert by_version["2"]["predictions"] == len(x)
