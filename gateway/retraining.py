@@ -21,7 +21,9 @@ When a run starts:
   evidence rather than every check. The previous end comes from ``last_runs`` (the host
   seeds it from the journal) or from runs in this process; a model never retrained
   counts all its labels. Triggers are not evaluated while a run of the model is going
-  on: its end resets the count anyway.
+  on: its end resets the count anyway. Numbers read while the deployment changed (a
+  promotion during the check) may be the old primary's: they are dropped, and the next
+  check reads the new primary's.
 * **Manually**: :meth:`Retrainer.run_now` (``greenroom retrain MODEL``).
 
 One run per model at a time: a second manual request raises :class:`AlreadyRunning`; a
@@ -96,6 +98,7 @@ class TriggerState:
     accuracy: float | None  # over its last ``last_labels`` labels (None: fewer labels)
     labels_since: int  # labels received since the given time
     max_psi: float | None  # largest feature PSI of its drift check (None: too little data)
+    deployment: object = None  # what the numbers were read under, compared by equality
 
 
 class RegistrationError(Exception):
@@ -138,6 +141,10 @@ class RetrainingHost(Protocol):
     ) -> TriggerState: ...
 
     def primary(self, model: str) -> str: ...
+
+    def deployment(self, model: str) -> object:
+        """The model's deployment now, as ``TriggerState.deployment`` holds it."""
+        ...
 
 
 # ----------------------------------------------------------------------------- clocks
@@ -532,6 +539,9 @@ class Retrainer:
         since = self._last_end.get(model)
         state = await self.host.trigger_state(model, triggers.last_labels, since)
         log.debug("retraining triggers", model=model, **asdict(state))
+        if state.deployment != self.host.deployment(model):
+            log.info("retraining triggers: the deployment changed during the check", model=model)
+            return None
         return trigger_cause(triggers, state)
 
     async def _start_automatic(self, model: str, cause: Cause) -> None:

@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from gateway.deployments import Deployment
 from gateway.governance import Governor, run_validation, write_csv
 from gateway.ledger.governance import count_feedback
 from gateway.registry import METADATA_FIELDS
@@ -86,19 +87,22 @@ class GatewayRetrainingHost:
     async def trigger_state(
         self, model: str, last_labels: int, since: float | None
     ) -> TriggerState:
+        """Read against one snapshot of the deployment: the retrainer drops the numbers if
+        it changed meanwhile (a promotion makes the old primary's accuracy moot)."""
         governor = self.governor
-        primary = self.primary(model)
+        deployment = governor.router.deployment(model)
+        primary = deployment.primary
         accuracy = await asyncio.to_thread(self._recent_accuracy, model, primary, last_labels)
         count = await asyncio.to_thread(
             count_feedback, governor.ledger.governance.engine, model, since
         )
-        if await self._retrained_shadow(model):
+        if await self._retrained_shadow(model, deployment):
             count = 0  # its evidence is being collected: let the promotion test speak first
         try:
             max_psi = (await governor.drift(model)).max_psi
         except FailedPrecondition:
             max_psi = None
-        return TriggerState(accuracy, count, max_psi)
+        return TriggerState(accuracy, count, max_psi, deployment)
 
     def _recent_accuracy(self, model: str, version: str, last: int) -> float | None:
         """Worker thread: accuracy over the version's ``last`` labelled rows (None: fewer),
@@ -109,9 +113,9 @@ class GatewayRetrainingHost:
                 recent.append(r.label == r.truth)
         return sum(recent) / last if len(recent) == last else None
 
-    async def _retrained_shadow(self, model: str) -> bool:
-        """Whether a version from an earlier retraining run is shadowing now."""
-        for shadow in self.governor.router.deployment(model).shadows:
+    async def _retrained_shadow(self, model: str, deployment: Deployment) -> bool:
+        """Whether a version from an earlier retraining run shadows in ``deployment``."""
+        for shadow in deployment.shadows:
             record = await asyncio.to_thread(
                 self.governor.ledger.governance.version, model, shadow.version
             )
@@ -121,6 +125,9 @@ class GatewayRetrainingHost:
 
     def primary(self, model: str) -> str:
         return self.governor.router.deployment(model).primary
+
+    def deployment(self, model: str) -> Deployment:
+        return self.governor.router.deployment(model)
 
 
 def last_runs(governor: Governor, models: list[str]) -> dict[str, float]:

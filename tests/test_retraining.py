@@ -94,6 +94,8 @@ class FakeHost:
     label_times: list[float] = field(default_factory=list)
     valid: bool = True
     failing_checks: int = 0
+    promotions_during_checks: int = 0  # checks during which the deployment changes
+    deployments: int = 0  # how many times it changed
     entries: list[Entry] = field(default_factory=list)
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
     exports: list[str] = field(default_factory=list)  # sha256 of each export
@@ -150,10 +152,17 @@ class FakeHost:
         since_ = -1.0 if since is None else since
         accuracy = self.accuracy if len(self.label_times) >= last_labels else None
         labels_since = sum(t > since_ for t in self.label_times)
-        return TriggerState(accuracy, labels_since, self.max_psi)
+        read_under = self.deployments
+        if self.promotions_during_checks:
+            self.promotions_during_checks -= 1
+            self.deployments += 1
+        return TriggerState(accuracy, labels_since, self.max_psi, read_under)
 
     def primary(self, model: str) -> str:
         return "1"
+
+    def deployment(self, model: str) -> object:
+        return self.deployments
 
     def add_labels(self, n: int) -> None:
         self.label_times += [self.clock.now()] * n
@@ -312,6 +321,26 @@ def test_psi_trigger_and_a_failing_check_does_not_end_the_loop(setup: Setup) -> 
     assert "PSI 0.350 > 0.200" in started.reason
     assert (started.details["psi"], started.details["max_psi"]) == (0.35, 0.2)
     assert len(host.deployed) == 1
+
+
+def test_numbers_read_while_the_deployment_changed_fire_nothing(setup: Setup) -> None:
+    """A promotion during a check: the accuracy read may be the old primary's, so the
+    check is dropped and the next one, under the new deployment, decides."""
+    triggers = RetrainingTriggers(min_accuracy=0.8, last_labels=20)
+    host = setup.host
+    host.accuracy, host.promotions_during_checks = 0.7, 2
+    host.add_labels(20)
+
+    async def scenario() -> None:
+        retrainer = setup.retrainer(policy(triggers=triggers, check_interval_s=60))
+        retrainer.start()
+        await setup.clock.advance(120, settle=retrainer.idle)  # two checks, both moot
+        assert host.events("started") == []
+        await setup.clock.advance(60, settle=retrainer.idle)
+        await retrainer.stop()
+
+    asyncio.run(scenario())
+    assert setup.starts() == [181]
 
 
 def test_trigger_rules() -> None:
