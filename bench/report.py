@@ -237,7 +237,12 @@ def _rss_goal(r: Results) -> list[Ratio]:
     after = r.rss_after.get(GATEWAY, {})
     at_c16 = after.get(f"{ONE} c=16")
     children = r.rss.get(GATEWAY, {}).get("children_mb", {})
-    note = f"its runner: {sum(children.values()):.1f} MB" if children else ""
+    note = (
+        f"its child processes (runner, ledger writer): "
+        f"{' + '.join(f'{mb:.1f}' for mb in children.values())} MB"
+        if children
+        else ""
+    )
     steps = ", ".join(f"{where} {mb:.0f}" for where, mb in after.items())
     return [
         _goal(2, "gateway RSS (MB), after the 1-row c=1 and c=16 runs", at_c16, _below(150), note),

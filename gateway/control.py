@@ -21,7 +21,7 @@ from gateway.evaluation import Accumulator, Scored, Task, VersionMetrics, evalua
 from gateway.ledger import FeedbackResult, LabelledRow, Ledger, LedgerStats, PairedRow
 from gateway.ledger.records import JournalEntry
 from gateway.router import Router
-from greenroom_client.errors import InvalidArgument
+from greenroom_client.errors import FailedPrecondition, InvalidArgument
 
 log = structlog.get_logger(__name__)
 
@@ -104,29 +104,63 @@ class ControlPlane:
     async def set_deployment(
         self, deployment: Deployment, reason: str, actor: str, kind: str = "deployment"
     ) -> Deployment:
-        deployment.validate(self.router.versions(deployment.model))
+        """Replace the model's deployment whole (the API's SetDeployment: a PUT)."""
+        return await self.change_deployment(
+            deployment.model, lambda _: deployment, reason, actor, kind
+        )
+
+    async def change_deployment(
+        self,
+        model: str,
+        change: Callable[[Deployment], Deployment],
+        reason: str,
+        actor: str,
+        kind: str = "deployment",
+    ) -> Deployment:
+        """Apply ``change`` to the deployment as it is once this change's turn comes.
+
+        Changes are computed under the lock, not before it: a promotion and a retraining
+        run's new shadow that arrive together both land, whichever waits for the other
+        (computed from a copy read earlier, the second would silently undo the first)."""
         async with self.changes:
-            current = self.router.deployment(deployment.model)
+            current = self.router.deployment(model)
+            deployment = change(current)
+            deployment.validate(self.router.versions(model))
             before = {current.primary, *(s.version for s in current.shadows)}
             after = [deployment.primary, *(s.version for s in deployment.shadows)]
             new = [v for v in after if v not in before]
             if new and self.gate is not None:
-                await self.gate(deployment.model, new)
+                await self.gate(model, new)
             await asyncio.to_thread(
-                self.ledger.save_deployment, deployment.model, deployment.as_dict(), reason,
+                self.ledger.save_deployment, model, deployment.as_dict(), reason,
                 actor, kind=kind, version=new[0] if new else deployment.primary,
             )  # fmt: skip
             self.router.set_deployment(deployment)
-        log.info("deployment changed", model=deployment.model, reason=reason, actor=actor)
+        log.info("deployment changed", model=model, reason=reason, actor=actor)
         return deployment
 
     async def promote(
-        self, model: str, version: str, reason: str, old_primary_fraction: float, actor: str
+        self,
+        model: str,
+        version: str,
+        reason: str,
+        old_primary_fraction: float,
+        actor: str,
+        *,
+        if_shadow: bool = False,
     ) -> Deployment:
-        current = self.router.deployment(model)
-        return await self.set_deployment(
-            current.promoted(version, old_primary_fraction), reason, actor, kind="promotion"
-        )
+        """``version`` becomes primary. ``if_shadow``: only if it still shadows when the
+        change is applied (a decision taken on its shadow traffic is moot otherwise)."""
+
+        def promoted(current: Deployment) -> Deployment:
+            if if_shadow and current.role_of(version) != "shadow":
+                raise FailedPrecondition(
+                    f"version {version} of model '{model}' no longer shadows "
+                    f"(its role is {current.role_of(version) or 'none'}): not promoted"
+                )
+            return current.promoted(version, old_primary_fraction)
+
+        return await self.change_deployment(model, promoted, reason, actor, kind="promotion")
 
     async def history(self, model: str) -> list[JournalEntry]:
         """The model's journal: registrations, deployments, validations, retraining..."""

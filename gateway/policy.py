@@ -3,7 +3,9 @@
 Every ``interval_s`` the policy tests each shadow of the deployment against the primary
 with the *sequential* test (a mixture SPRT: valid however often it looks, which a policy
 that checks forever needs) over every pair since the shadow was deployed, and promotes
-the first one whose outcome is ``promote``, writing the evidence into the history.
+the first one whose outcome is ``promote``, writing the evidence into the history; if
+the deployment changed during the test and the candidate no longer shadows, nothing is
+promoted.
 Off by default: a team that wants a human in the loop runs ``greenroom decide`` instead.
 """
 
@@ -16,6 +18,7 @@ import structlog
 from gateway.control import ControlPlane
 from gateway.decision import Policy
 from gateway.periodic import Periodic, Sleep
+from greenroom_client.errors import FailedPrecondition
 
 log = structlog.get_logger(__name__)
 
@@ -51,8 +54,13 @@ class AutoPromoter(Periodic):
                      decision=decision.decision, pairs=decision.pairs)  # fmt: skip
             if decision.decision == "promote":
                 reason = "automatic promotion: " + "; ".join(decision.reasons)
-                await self.control.promote(
-                    model, shadow.version, reason, configured.old_primary_shadow_fraction, "policy"
-                )
+                try:
+                    await self.control.promote(
+                        model, shadow.version, reason, configured.old_primary_shadow_fraction,
+                        "policy", if_shadow=True,
+                    )  # fmt: skip
+                except FailedPrecondition as moot:  # the deployment changed meanwhile
+                    log.info("promotion skipped", model=model, reason=moot.message)
+                    return None
                 return shadow.version
         return None

@@ -74,8 +74,9 @@ class GatewayRetrainingHost:
         return result.passed, result.as_dict()
 
     async def deploy_shadow(self, model: str, version: str, fraction: float, reason: str) -> None:
-        deployment = self.governor.router.deployment(model).with_shadow(version, fraction)
-        await self.governor.control.set_deployment(deployment, reason, "retraining")
+        await self.governor.control.change_deployment(
+            model, lambda current: current.with_shadow(version, fraction), reason, "retraining"
+        )
 
     async def journal(
         self, model: str, kind: str, version: str | None, reason: str, details: dict[str, Any]

@@ -393,8 +393,9 @@ class WorkerControlPlane(ControlPlane):
       concurrent changes through different workers converge on the last one committed,
       and each is saved exactly once. A worker that missed the call (it was restarting)
       reads the deployments when it starts, and every worker also polls a change counter
-      every ``DEPLOYMENT_POLL_S``. ``promote`` re-reads first so that it promotes from
-      the current deployment.
+      every ``DEPLOYMENT_POLL_S``. Every change re-reads first, so that a promotion or a
+      new shadow applies to the deployment the other workers committed (two changes
+      through two workers in the same instant still converge on the later one).
     - **Feedback, report, decide** first ask every other worker to write the answers it
       has queued (``Sync``) and wait for them (up to ``PEER_FLUSH_TIMEOUT_S`` each, as the
       single gateway waits for its own writer): they see every answer that any worker had
@@ -448,19 +449,19 @@ class WorkerControlPlane(ControlPlane):
         drops = self.shadows.drops(model) if model else {}
         return PeerState(flushed, self.ledger.stats, drops)
 
-    async def set_deployment(
-        self, deployment: Deployment, reason: str, actor: str, kind: str = "deployment"
-    ) -> Deployment:
-        changed = await super().set_deployment(deployment, reason, actor, kind)
-        await self.peers.reload()
-        return changed
-
-    async def promote(
-        self, model: str, version: str, reason: str, old_primary_fraction: float, actor: str
+    async def change_deployment(
+        self,
+        model: str,
+        change: Callable[[Deployment], Deployment],
+        reason: str,
+        actor: str,
+        kind: str = "deployment",
     ) -> Deployment:
         self.router.model(model)
-        await self.reload()
-        return await super().promote(model, version, reason, old_primary_fraction, actor)
+        await self.reload()  # the change applies to what the other workers committed
+        changed = await super().change_deployment(model, change, reason, actor, kind)
+        await self.peers.reload()
+        return changed
 
     async def feedback(self, model: str, items: list[tuple[str, int, str]]) -> FeedbackResult:
         self.router.model(model)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
 import grpc
 import pytest
 
+from gateway.control import ControlPlane
 from gateway.deployments import Canary, Deployment, Shadow
+from gateway.ledger import Ledger
+from gateway.repository import scan
+from gateway.router import Router
 from greenroom_client.control import ControlClient
-from greenroom_client.errors import InvalidArgument, VersionNotFound
+from greenroom_client.errors import FailedPrecondition, InvalidArgument, VersionNotFound
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import GatewayProcess
 from tests.models import churn_data
@@ -77,3 +82,69 @@ def test_a_canary_answers_its_share_through_the_gateway(repo: Path, tmp_path: Pa
         assert roles == {"1": ("primary", 1), "2": ("canary", 20)}
     finally:
         gateway.stop()
+
+
+def _control_plane(tmp_path: Path) -> ControlPlane:
+    """A real router over three versions (scanned from files) and a SQLite ledger."""
+    repo = tmp_path / "repo"
+    for version in VERSIONS:
+        (repo / "m" / version).mkdir(parents=True)
+        (repo / "m" / version / "model.py").write_text("# never loaded here\n")
+    ledger = Ledger.for_data_dir(tmp_path / "data")
+    ledger.start()
+    control = ControlPlane(Router(scan(repo), {}), ledger)
+    control.router.set_deployment(Deployment("m", "1", None, (Shadow("2", 1.0),)))
+    return control
+
+
+def test_changes_that_arrive_together_both_land(tmp_path: Path) -> None:
+    """A retraining run's new shadow waits on its validation gate while a promotion
+    arrives: the promotion is computed from the deployment that includes the shadow, not
+    from the one it saw when it arrived (which would silently drop the shadow)."""
+    control = _control_plane(tmp_path)
+    release = asyncio.Event()
+
+    async def slow_gate(model: str, new: list[str]) -> None:
+        await release.wait()  # e.g. a validation run
+
+    control.gate = slow_gate
+
+    async def scenario() -> None:
+        shadow = asyncio.create_task(
+            control.change_deployment(
+                "m", lambda d: d.with_shadow("3", 0.5), "retrained", "retraining"
+            )
+        )
+        await asyncio.sleep(0.05)  # the shadow's change holds the lock, in its gate
+        promotion = asyncio.create_task(control.promote("m", "2", "it won", 1.0, "api"))
+        await asyncio.sleep(0.05)
+        assert not promotion.done()
+        release.set()
+        await asyncio.gather(shadow, promotion)
+
+    asyncio.run(scenario())
+    final = control.router.deployment("m")
+    assert final == Deployment("m", "2", None, (Shadow("3", 0.5), Shadow("1", 1.0)))
+    assert control.ledger.deployment("m") == final.as_dict()
+    saved = [h.spec for h in control.ledger.history("m")]
+    assert saved[-2:] == [
+        {"model": "m", "primary": "1", "canary": None,
+         "shadows": [{"version": "2", "fraction": 1.0}, {"version": "3", "fraction": 0.5}]},
+        final.as_dict(),
+    ]  # fmt: skip
+    control.ledger.stop(5.0)
+
+
+def test_a_promotion_decided_on_a_shadow_that_left_changes_nothing(tmp_path: Path) -> None:
+    """The automatic policy's promotion applies only if the candidate still shadows."""
+    control = _control_plane(tmp_path)
+
+    async def scenario() -> None:
+        await control.set_deployment(Deployment("m", "1"), "shadow removed", "api")
+        with pytest.raises(FailedPrecondition, match="version 2 of model 'm' no longer shadows"):
+            await control.promote("m", "2", "stale decision", 1.0, "policy", if_shadow=True)
+
+    asyncio.run(scenario())
+    assert control.router.deployment("m") == Deployment("m", "1")
+    assert control.ledger.deployment("m") == Deployment("m", "1").as_dict()
+    control.ledger.stop(5.0)
