@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from gateway.completion import to_completion
 from gateway.decision import Decision, ErrorPair, Guardrails, Pair, PairCounts, Policy, decide
 from gateway.deployments import Deployment
 from gateway.evaluation import Accumulator, Scored, Task, VersionMetrics, evaluate
@@ -75,6 +76,20 @@ def _pair(row: PairedRow, task: Task) -> Pair | ErrorPair | None:
     return ErrorPair(abs(row.primary_value - truth), abs(row.candidate_value - truth))
 
 
+def _still_decided(current: Deployment, decided_on: Deployment, version: str) -> None:
+    model = current.model
+    if current.primary != decided_on.primary:
+        raise FailedPrecondition(
+            f"the primary of model '{model}' changed from {decided_on.primary} to "
+            f"{current.primary} since version {version} was tested: not promoted"
+        )
+    if current.role_of(version) != "shadow":
+        raise FailedPrecondition(
+            f"version {version} of model '{model}' no longer shadows "
+            f"(its role is {current.role_of(version) or 'none'}): not promoted"
+        )
+
+
 class ControlPlane:
     def __init__(self, router: Router, ledger: Ledger, shadow_drops: Any = None) -> None:
         self.router = router
@@ -121,7 +136,8 @@ class ControlPlane:
 
         Changes are computed under the lock, not before it: a promotion and a retraining
         run's new shadow that arrive together both land, whichever waits for the other
-        (computed from a copy read earlier, the second would silently undo the first)."""
+        (computed from a copy read earlier, the second would silently undo the first).
+        Once its save has begun, a change finishes even if its caller is cancelled."""
         async with self.changes:
             current = self.router.deployment(model)
             deployment = change(current)
@@ -131,13 +147,19 @@ class ControlPlane:
             new = [v for v in after if v not in before]
             if new and self.gate is not None:
                 await self.gate(model, new)
-            await asyncio.to_thread(
-                self.ledger.save_deployment, model, deployment.as_dict(), reason,
-                actor, kind=kind, version=new[0] if new else deployment.primary,
-            )  # fmt: skip
-            self.router.set_deployment(deployment)
+            await to_completion(self._commit(deployment, reason, actor, kind, new))
         log.info("deployment changed", model=model, reason=reason, actor=actor)
         return deployment
+
+    async def _commit(
+        self, deployment: Deployment, reason: str, actor: str, kind: str, new: list[str]
+    ) -> None:
+        """Saved, then in force: both or (if the save fails) neither."""
+        await asyncio.to_thread(
+            self.ledger.save_deployment, deployment.model, deployment.as_dict(), reason,
+            actor, kind=kind, version=new[0] if new else deployment.primary,
+        )  # fmt: skip
+        self.router.set_deployment(deployment)
 
     async def promote(
         self,
@@ -147,17 +169,16 @@ class ControlPlane:
         old_primary_fraction: float,
         actor: str,
         *,
-        if_shadow: bool = False,
+        decided_on: Deployment | None = None,
     ) -> Deployment:
-        """``version`` becomes primary. ``if_shadow``: only if it still shadows when the
-        change is applied (a decision taken on its shadow traffic is moot otherwise)."""
+        """``version`` becomes primary. ``decided_on``: the deployment a promotion test
+        compared ``version`` under; the promotion applies only if, when its turn comes,
+        the primary is the same and ``version`` still shadows (the evidence is moot
+        otherwise: it was gathered against another primary, or the shadow was removed)."""
 
         def promoted(current: Deployment) -> Deployment:
-            if if_shadow and current.role_of(version) != "shadow":
-                raise FailedPrecondition(
-                    f"version {version} of model '{model}' no longer shadows "
-                    f"(its role is {current.role_of(version) or 'none'}): not promoted"
-                )
+            if decided_on is not None:
+                _still_decided(current, decided_on, version)
             return current.promoted(version, old_primary_fraction)
 
         return await self.change_deployment(model, promoted, reason, actor, kind="promotion")

@@ -27,6 +27,7 @@ import numpy.typing as npt
 import structlog
 
 from gateway import registry
+from gateway.completion import to_completion
 from gateway.control import ControlPlane
 from gateway.direct import predictor
 from gateway.drift import FeatureDrift, Kind, feature_drift
@@ -211,11 +212,32 @@ class Governor:
         metadata: dict[str, Any], reference_csv: str, reason: str, actor: str,
     ) -> VersionRecord:  # fmt: skip
         """Stage the artifact, prove it loads in a runner, record it, then serve it. A
-        model the gateway does not serve yet is created (its directory, no model.yaml)."""
+        model the gateway does not serve yet is created (its directory, no model.yaml).
+        A caller that goes away (a client's deadline) does not stop it half done."""
         if self.launcher is None:
             raise FailedPrecondition("this gateway cannot start runners for new versions")
         registry.check_metadata(metadata)
         reference = parse_csv(reference_csv) if reference_csv else None
+        record, new = await to_completion(
+            self._register(
+                model, version, filename, data, metadata=metadata, reason=reason, actor=actor
+            )
+        )
+        if reference is not None:
+            await self._save_reference(
+                model, record.version, *reference, source="registration", actor=actor
+            )
+        log.info("version registered", model=model, version=record.version, new_model=new)
+        return record
+
+    async def _register(
+        self, model: str, version: str | None, filename: str, data: bytes, *,
+        metadata: dict[str, Any], reason: str, actor: str,
+    ) -> tuple[VersionRecord, bool]:  # fmt: skip
+        """Run to completion whatever happens to the caller: a registration cancelled
+        between its steps would leave a record without its directory, or a directory
+        without its record, and every later registration of the model would collide
+        with it. Returns the record and whether the model is new."""
         async with self.control.changes:
             new = model not in self.router.models
             entry = (
@@ -233,12 +255,7 @@ class Governor:
             self._serve(entry, version_entry, backend, new=new)
             if self.announce is not None:
                 await self.announce()
-        if reference is not None:
-            await self._save_reference(
-                model, record.version, *reference, source="registration", actor=actor
-            )
-        log.info("version registered", model=model, version=record.version, new_model=new)
-        return record
+        return record, new
 
     async def _load(
         self, entry: ModelEntry, version: str | None, filename: str, data: bytes, *,

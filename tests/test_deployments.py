@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -139,12 +141,65 @@ def test_a_promotion_decided_on_a_shadow_that_left_changes_nothing(tmp_path: Pat
     """The automatic policy's promotion applies only if the candidate still shadows."""
     control = _control_plane(tmp_path)
 
+    decided_on = control.router.deployment("m")  # 2 shadows 1
+
     async def scenario() -> None:
         await control.set_deployment(Deployment("m", "1"), "shadow removed", "api")
         with pytest.raises(FailedPrecondition, match="version 2 of model 'm' no longer shadows"):
-            await control.promote("m", "2", "stale decision", 1.0, "policy", if_shadow=True)
+            await control.promote("m", "2", "stale decision", 1.0, "policy", decided_on=decided_on)
 
     asyncio.run(scenario())
     assert control.router.deployment("m") == Deployment("m", "1")
     assert control.ledger.deployment("m") == Deployment("m", "1").as_dict()
+    control.ledger.stop(5.0)
+
+
+def test_a_promotion_decided_against_another_primary_changes_nothing(tmp_path: Path) -> None:
+    """A human promoted 3 while the policy tested 2 against 1: 2 still shadows, but its
+    evidence was against 1, so the policy's promotion must not undo the human's."""
+    control = _control_plane(tmp_path)
+    decided_on = control.router.deployment("m")  # 2 shadows 1
+
+    async def scenario() -> None:
+        await control.change_deployment(
+            "m", lambda d: d.with_shadow("3", 1.0).promoted("3", 0.0), "human", "api"
+        )
+        with pytest.raises(FailedPrecondition, match="primary of model 'm' changed from 1 to 3"):
+            await control.promote("m", "2", "stale decision", 1.0, "policy", decided_on=decided_on)
+
+    asyncio.run(scenario())
+    assert control.router.deployment("m") == Deployment("m", "3", None, (Shadow("2", 1.0),))
+    control.ledger.stop(5.0)
+
+
+def test_a_change_cancelled_while_it_is_saved_is_still_applied(tmp_path: Path) -> None:
+    """grpc.aio cancels the handler when the client's deadline passes: a change whose
+    save had begun is then both stored and in force, never stored only."""
+    control = _control_plane(tmp_path)
+    entered, release = threading.Event(), threading.Event()
+    save = control.ledger.save_deployment
+
+    def slow_save(*args: Any, **kwargs: Any) -> None:
+        entered.set()
+        release.wait(10)
+        save(*args, **kwargs)
+
+    control.ledger.save_deployment = slow_save  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        change = asyncio.create_task(
+            control.change_deployment("m", lambda d: d.with_shadow("3", 1.0), "new", "api")
+        )
+        await asyncio.to_thread(entered.wait, 10)
+        change.cancel()
+        await asyncio.sleep(0.05)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await change
+        assert not control.changes.locked()
+
+    asyncio.run(scenario())
+    expected = Deployment("m", "1", None, (Shadow("2", 1.0), Shadow("3", 1.0)))
+    assert control.router.deployment("m") == expected
+    assert control.ledger.deployment("m") == expected.as_dict()
     control.ledger.stop(5.0)

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import grpc
 import joblib
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from gateway import provenance
 from greenroom_client import Client
 from greenroom_client.control import ControlClient
 from greenroom_client.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from greenroom_proto.greenroom.v1 import control_pb2 as cpb
+from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
 from tests.conftest import GatewayProcess, wait_for_predictions
 from tests.test_external_and_cli import greenroom
 from tests.test_shadow_e2e import cli_json
@@ -271,3 +274,33 @@ def test_code_ref_is_the_commit_and_says_dirty(tmp_path: Path) -> None:
     assert provenance.code_ref(tmp_path) == head
     (tmp_path / "train.py").write_text("print('changed')\n")
     assert provenance.code_ref(tmp_path) == head + "-dirty"
+
+
+def test_a_registration_whose_client_gave_up_completes(tmp_path: Path, strong: Path) -> None:
+    """The client's deadline passes while the new version's runner starts (grpc.aio then
+    cancels the handler): the registration still completes, so that no half of it (a
+    record without its directory, or the reverse) blocks the next one's number."""
+    repo = tmp_path / "models"
+    build(repo, YAML)
+    gateway = GatewayProcess(repo, tmp_path / "data")
+    try:
+        with grpc.insecure_channel(gateway.target) as channel:
+            request = cpb.RegisterRequest(
+                model="m", artifact_name="model.joblib", artifact=strong.read_bytes(),
+                metadata_json="{}", reason="impatient",
+            )  # fmt: skip
+            with pytest.raises(grpc.RpcError) as gave_up:
+                cpb_grpc.GovernanceStub(channel).Register(request, timeout=0.2)
+            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        with ControlClient(gateway.target) as control:
+            deadline = time.monotonic() + 60
+            while [v["version"] for v in control.versions("m")] != ["1", "2"]:
+                assert time.monotonic() < deadline, "the registration never completed"
+                time.sleep(0.2)
+            assert control.register("m", strong)["version"] == "3"
+            assert sorted(p.name for p in (repo / "m").iterdir()) == ["1", "2", "3", "model.yaml"]
+            x, _ = data(2, 0)
+            with Client(gateway.target) as client:
+                assert client.infer("m", {"input": x}, version="2").version == "2"
+    finally:
+        gateway.stop()
