@@ -3,9 +3,9 @@
 Every ``interval_s`` the policy tests each shadow of the deployment against the primary
 with the *sequential* test (a mixture SPRT: valid however often it looks, which a policy
 that checks forever needs) over every pair since the shadow was deployed, and promotes
-the first one whose outcome is ``promote``, writing the evidence into the history; if
-the deployment changed during the test and the candidate no longer shadows, nothing is
-promoted.
+the first one whose outcome is ``promote``, writing the evidence into the history. If the deployment
+changed during the test (another primary, or the candidate no longer shadows), nothing
+is promoted: the evidence was about a deployment that is gone.
 Off by default: a team that wants a human in the loop runs ``greenroom decide`` instead.
 """
 
@@ -57,7 +57,7 @@ class AutoPromoter(Periodic):
                 try:
                     await self.control.promote(
                         model, shadow.version, reason, configured.old_primary_shadow_fraction,
-                        "policy", if_shadow=True,
+                        "policy", decided_on=deployment,
                     )  # fmt: skip
                 except FailedPrecondition as moot:  # the deployment changed meanwhile
                     log.info("promotion skipped", model=model, reason=moot.message)

@@ -117,6 +117,10 @@ class NotConfigured(RetrainingError):
     """The model has no ``retraining`` policy."""
 
 
+class Stopped(RetrainingError):
+    """The retrainer was stopped (the gateway is shutting down): no new run starts."""
+
+
 class RetrainingHost(Protocol):
     """What the gateway provides: the ledger, the registry, validation, deployments."""
 
@@ -479,6 +483,7 @@ class Retrainer:
         self._last_end: dict[str, float] = dict(last_runs or {})
         self._runs: dict[str, tuple[asyncio.Task[RunOutcome], Cause]] = {}
         self._loops: list[asyncio.Task[None]] = []
+        self._stopped = False
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -489,7 +494,9 @@ class Retrainer:
                 self._loops.append(asyncio.create_task(self._loop(model), name=f"retrain {model}"))
 
     async def stop(self) -> None:
-        """End the loops and kill the runs in progress (journaled as failed: cancelled)."""
+        """End the loops and kill the runs in progress (journaled as failed: cancelled);
+        from now on no run starts, so that none outlives the ledger and runners it needs."""
+        self._stopped = True
         tasks: list[asyncio.Task[Any]] = [*self._loops, *(t for t, _ in self._runs.values())]
         for task in tasks:
             task.cancel()
@@ -506,7 +513,7 @@ class Retrainer:
 
     async def run_now(self, model: str, reason: str = "", actor: str = "cli") -> RunOutcome:
         """Run now and answer when the run ends. A caller that goes away (cancelled)
-        does not stop the run. Raises NotConfigured, AlreadyRunning."""
+        does not stop the run. Raises NotConfigured, AlreadyRunning, Stopped."""
         text = f"manual run by {actor}" + (f": {reason}" if reason else "")
         task = self._spawn(model, Cause("manual", text, actor=actor))
         return await asyncio.shield(task)
@@ -542,11 +549,18 @@ class Retrainer:
         if state.deployment != self.host.deployment(model):
             log.info("retraining triggers: the deployment changed during the check", model=model)
             return None
+        if self.running(model) or self._last_end.get(model) != since:
+            # A run (a manual one) started or ended meanwhile: the labels were counted
+            # from the end before it, and the storm rule counts from its end.
+            log.info("retraining triggers: a run started during the check", model=model)
+            return None
         return trigger_cause(triggers, state)
 
     async def _start_automatic(self, model: str, cause: Cause) -> None:
         try:
             task = self._spawn(model, cause)
+        except Stopped:
+            return
         except AlreadyRunning as busy:
             log.info("retraining skipped", model=model, cause=cause.text, reason=str(busy))
             details = {"event": "skipped", "trigger": cause.trigger, **cause.details}
@@ -557,6 +571,8 @@ class Retrainer:
 
     def _spawn(self, model: str, cause: Cause) -> asyncio.Task[RunOutcome]:
         """Start a run, refusing a second one of the same model (no await: atomic)."""
+        if self._stopped:
+            raise Stopped("retraining has stopped: the gateway is shutting down")
         if model not in self.policies:
             raise NotConfigured(f"{model}: no retraining policy in model.yaml")
         if model in self._runs:

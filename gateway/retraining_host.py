@@ -26,9 +26,10 @@ from gateway.retraining import (
     Export,
     RegistrationError,
     Retrainer,
+    Stopped,
     TriggerState,
 )
-from greenroom_client.errors import FailedPrecondition, GreenroomError
+from greenroom_client.errors import FailedPrecondition, GreenroomError, Unavailable
 
 
 class GatewayRetrainingHost:
@@ -163,10 +164,12 @@ def start_retrainer(governor: Governor) -> Retrainer | None:
 
 async def retrain_now(retrainer: Retrainer | None, model: str, reason: str) -> dict[str, Any]:
     """``greenroom retrain``: the run's outcome, or FAILED_PRECONDITION when the model has
-    no policy or a run of it is going on."""
+    no policy or a run of it is going on, UNAVAILABLE once the gateway is stopping."""
     if retrainer is None or model not in retrainer.policies:
         raise FailedPrecondition(f"'{model}' has no retraining policy in model.yaml")
     try:
         return (await retrainer.run_now(model, reason, "api")).as_dict()
     except AlreadyRunning as exc:
         raise FailedPrecondition(f"'{model}': {exc}") from None
+    except Stopped as exc:
+        raise Unavailable(f"'{model}': {exc}") from None

@@ -623,6 +623,10 @@ class Worker:
     async def stop(self) -> None:
         """Drain and flush as the single gateway does; the peer endpoint stays up until the
         ledger is written, so that the others' ``Sync`` still reaches this queue."""
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.retrainer is not None:  # before the server: no run outlives the ledger
+            await self.retrainer.stop()
         if self.promoter is not None:
             await self.promoter.stop()
         self.follower.cancel()

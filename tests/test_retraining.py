@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,13 @@ import pytest
 
 from gateway.retraining import (
     AlreadyRunning,
+    Cause,
     Export,
     NotConfigured,
     RegistrationError,
     Retrainer,
     RunOutcome,
+    Stopped,
     TriggerState,
     VirtualClock,
     substitute,
@@ -95,6 +98,7 @@ class FakeHost:
     valid: bool = True
     failing_checks: int = 0
     promotions_during_checks: int = 0  # checks during which the deployment changes
+    during_check: Callable[[], Awaitable[None]] | None = None  # awaited inside a check
     deployments: int = 0  # how many times it changed
     entries: list[Entry] = field(default_factory=list)
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -149,6 +153,8 @@ class FakeHost:
         if self.failing_checks:
             self.failing_checks -= 1
             raise RuntimeError("ledger unavailable")
+        if self.during_check is not None:
+            await self.during_check()
         since_ = -1.0 if since is None else since
         accuracy = self.accuracy if len(self.label_times) >= last_labels else None
         labels_since = sum(t > since_ for t in self.label_times)
@@ -341,6 +347,51 @@ def test_numbers_read_while_the_deployment_changed_fire_nothing(setup: Setup) ->
 
     asyncio.run(scenario())
     assert setup.starts() == [181]
+
+
+def test_a_manual_run_during_a_trigger_check_resets_the_count(setup: Setup) -> None:
+    """The check counted its labels from before a manual run that ended meanwhile: the
+    storm rule counts from that run's end, so nothing fires until new labels arrive."""
+    triggers = RetrainingTriggers(min_accuracy=0.8, last_labels=20)
+    host = setup.host
+    host.accuracy = 0.7
+    host.add_labels(20)
+
+    async def scenario() -> None:
+        retrainer = setup.retrainer(policy(triggers=triggers, check_interval_s=60))
+
+        async def manual_run() -> None:
+            host.during_check = None
+            await retrainer.run_now(MODEL, "by hand")
+
+        host.during_check = manual_run
+        retrainer.start()
+        await setup.clock.advance(60, settle=retrainer.idle)
+        await setup.clock.advance(600, settle=retrainer.idle)  # no label since that run
+        await retrainer.stop()
+
+    asyncio.run(scenario())
+    assert [e.details["trigger"] for e in host.events("started")] == ["manual"]
+
+
+def test_no_run_starts_once_stopped(setup: Setup) -> None:
+    """After stop (the gateway shutting down) a manual request is refused and no
+    scheduled or triggered run starts: none may outlive the ledger it writes to."""
+    triggers = RetrainingTriggers(min_accuracy=0.8, last_labels=20)
+    setup.host.accuracy = 0.7
+    setup.host.add_labels(20)
+
+    async def scenario() -> None:
+        retrainer = setup.retrainer(policy(triggers=triggers, check_interval_s=60))
+        retrainer.start()
+        await retrainer.stop()
+        with pytest.raises(Stopped, match="shutting down"):
+            await retrainer.run_now(MODEL, "too late")
+        await retrainer._start_automatic(MODEL, Cause("trigger", "late check"))
+        assert not retrainer.running(MODEL)
+
+    asyncio.run(scenario())
+    assert setup.host.entries == []
 
 
 def test_trigger_rules() -> None:
