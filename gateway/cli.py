@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from gateway import cli_control, cli_governance, logs
 from gateway.settings import GatewaySettings
@@ -97,7 +98,14 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         }.items()
         if value is not None
     }
-    return GatewaySettings(**given)
+    try:
+        return GatewaySettings(**given)
+    except ValidationError as exc:  # flags and GREENROOM_* variables: say which, not a trace
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise InvalidArgument(f"invalid settings: {problems}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -163,10 +171,16 @@ def _parse_inputs(pairs: Sequence[str], declared: dict[str, str]) -> dict[str, n
         except json.JSONDecodeError as exc:
             raise InvalidArgument(f"--input {name}: not JSON ({exc})") from None
         datatype = declared.get(name)
-        if datatype == "BYTES":
-            arrays[name] = np.array(value, dtype=object)
-        else:
-            arrays[name] = np.asarray(value, dtype=DTYPES[datatype] if datatype else None)
+        if isinstance(value, dict):
+            raise InvalidArgument(f"--input {name}: expected a (nested) list, got an object")
+        try:
+            if datatype == "BYTES":
+                arrays[name] = np.array(value, dtype=object)
+            else:
+                arrays[name] = np.asarray(value, dtype=DTYPES[datatype] if datatype else None)
+        except (ValueError, TypeError) as exc:  # ragged rows, "x" where numbers go
+            kind = datatype or "a tensor"
+            raise InvalidArgument(f"--input {name}: not {kind} values ({exc})") from None
     return arrays
 
 

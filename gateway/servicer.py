@@ -84,6 +84,14 @@ def _size_problem(request: pb.ModelInferRequest, size: int, limit: int) -> Inval
     return InvalidInput(name, f"request is {size} bytes, over the {limit}-byte limit")
 
 
+def _answer_too_large(size: int, limit: int) -> InvalidArgument:
+    """The answer could not be sent (the transport would refuse it): the request asked
+    for more than the limit allows, and fewer rows per request is the fix."""
+    return InvalidArgument(
+        f"the answer is {size} bytes, over the {limit}-byte limit: send fewer rows per request"
+    )
+
+
 class InferenceServicer:
     def __init__(
         self,
@@ -144,6 +152,13 @@ class InferenceServicer:
             )
             raise
         latency = (time.perf_counter() - began) * 1e3
+        if len(reply) > self.settings.max_message_bytes:
+            problem = _answer_too_large(len(reply), self.settings.max_message_bytes)
+            self.recorder.failed(
+                request, request_id=request_id, version=version, role=plan.role,
+                latency_ms=latency, status=problem.code,
+            )  # fmt: skip
+            raise problem
         self.recorder.answered(reply, model, version, plan.role, latency)
         config = self.router.models[model].config
         rate = config.monitoring.input_sample_rate

@@ -13,6 +13,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
+# What the Python runners accept and send (runners.server.MAX_MESSAGE_BYTES).
+RUNNER_MESSAGE_LIMIT = 256 * MiB
 
 
 class GatewaySettings(BaseSettings):
@@ -22,9 +24,11 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=0, le=65535)
     data_dir: Path = Path(".greenroom")
-    # Requests above this are refused with INVALID_ARGUMENT naming the largest input; the
-    # transport itself accepts up to transport_limit so that the refusal can be explained.
-    max_message_bytes: int = Field(default=64 * MiB, gt=0)
+    # Requests (and answers) above this are refused with INVALID_ARGUMENT naming the
+    # largest input; the transport itself accepts up to transport_limit so that the
+    # refusal can be explained. At most RUNNER_MESSAGE_LIMIT - 16 MiB: a forwarded request
+    # must fit the runners' own limit.
+    max_message_bytes: int = Field(default=64 * MiB, gt=0, le=RUNNER_MESSAGE_LIMIT - 16 * MiB)
     runner_start_timeout_s: float = Field(default=60.0, gt=0)
     health_interval_s: float = Field(default=1.0, gt=0)
     restart_backoff_initial_s: float = Field(default=0.2, gt=0)

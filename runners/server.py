@@ -71,7 +71,7 @@ log = structlog.get_logger(__name__)
 
 SERVER_NAME = "greenroom-runner"
 SERVER_VERSION = "0.1.0"
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # gateway.settings.RUNNER_MESSAGE_LIMIT
 GRACE_S = 5.0
 LISTENING_PREFIX = "GREENROOM_RUNNER_LISTENING"
 EXIT_OK = 0

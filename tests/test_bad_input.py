@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from greenroom_client.control import ControlClient
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import GatewayProcess
@@ -187,6 +188,16 @@ def test_message_over_the_size_limit(repo: Path, tmp_path_factory: pytest.TempPa
                 and f"over the {limit}-byte limit" in error.details()
             )
             assert stub.ModelInfer(request("iris", {"input": ROW})).outputs
+            # A request under the limit whose answer is over it (labels and FP64
+            # probabilities: 32 bytes a row against 16 in): refused, recorded as refused.
+            rows = limit // 16 - 256
+            wide = np.ones((rows, 4), dtype=np.float32)
+            error = fails(stub, request("iris", {"input": wide}))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "the answer is" in error.details() and "send fewer rows" in error.details()
+        with ControlClient(gateway.target) as control:
+            [iris] = control.report("iris")["versions"]
+            assert (iris["predictions"], iris["errors"]) == (1, rows), iris  # errors: rows
     finally:
         gateway.stop()
 

@@ -204,6 +204,21 @@ def describe(tensors: Sequence[_Tensor], raws: Sequence[bytes]) -> list[TensorSp
     return specs
 
 
+def _narrowed(
+    name: str, datatype: str, wide: npt.NDArray[np.int64], dtype: np.dtype[Any]
+) -> npt.NDArray[Any]:
+    """INT8/16 and UINT8/16 travel as 32-bit ``int_contents``/``uint_contents``: a value
+    the datatype cannot hold is refused, not wrapped around."""
+    info = np.iinfo(dtype)
+    outside = (wide < info.min) | (wide > info.max)
+    if outside.any():
+        value = int(wide[outside.argmax()])
+        raise InvalidInput(
+            name, f"value {value} is out of range for {datatype} ({info.min}..{info.max})"
+        )
+    return wide.astype(dtype)
+
+
 def decode(tensors: Sequence[_Tensor], raws: Sequence[bytes]) -> dict[str, npt.NDArray[Any]]:
     """Tensors (typed or raw) as numpy arrays shaped as declared, keyed by name; checked
     as ``describe`` checks them, each tensor's data read once."""
@@ -226,6 +241,8 @@ def decode(tensors: Sequence[_Tensor], raws: Sequence[bytes]) -> dict[str, npt.N
             if datatype == "BYTES":
                 array = np.empty(len(values), dtype=object)
                 array[:] = list(values)
+            elif dtype.kind in "iu" and dtype.itemsize < 4:
+                array = _narrowed(name, datatype, np.asarray(values, dtype=np.int64), dtype)
             else:
                 array = np.asarray(values, dtype=dtype)
         arrays[name] = array.reshape(shape)
