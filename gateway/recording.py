@@ -14,6 +14,7 @@ from __future__ import annotations
 import array
 import functools
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -140,8 +141,17 @@ def convert(item: Pending | PendingInputs) -> Answer | PackedAnswer | InputSampl
     return to_packed(item) or to_answer(item)
 
 
+def _by_rows(array: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
+    """``array`` as ``rows`` rows of its other values: ``reshape(rows, -1)``, except that
+    numpy cannot infer the columns of zero rows, which come from the array's own shape
+    (one for ``[0]``) when it holds nothing. A size that does not fit raises ValueError."""
+    if rows == 0 and array.size == 0 and array.ndim >= 1:
+        return array.reshape(0, math.prod(array.shape[1:]))
+    return array.reshape(rows, -1)
+
+
 def _texts(array: npt.NDArray[Any]) -> tuple[str, ...]:
-    flat = array.reshape(array.shape[0], -1)[:, 0] if array.ndim > 1 else array
+    flat = _by_rows(array, array.shape[0])[:, 0] if array.ndim > 1 else array
     if flat.dtype == object:
         return tuple(x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in flat)
     if flat.dtype.kind == "f" and np.all(np.mod(flat, 1) == 0):
@@ -240,8 +250,8 @@ def to_answer(item: Pending) -> Answer:
         role=item.role,
         rows=rows,
         labels=None if label is None else _texts(label),
-        values=None if value is None else tuple(np.asarray(value, float).reshape(rows, -1)[:, 0]),
-        probabilities=None if proba is None else np.asarray(proba, np.float64).reshape(rows, -1),
+        values=None if value is None else tuple(_by_rows(np.asarray(value, float), rows)[:, 0]),
+        probabilities=None if proba is None else _by_rows(np.asarray(proba, np.float64), rows),
         classes=scan.classes,
         latency_ms=item.latency_ms,
         status="OK",
@@ -354,7 +364,7 @@ def to_packed(item: Pending) -> PackedAnswer | None:
     first = scan.first_shape
     rows = int(first[0]) if first else 1
     start, stop = item.row_slice or (0, rows)
-    if not 0 <= start < stop <= rows:  # no rows: to_answer's (it refuses empty scores)
+    if not 0 <= start < stop <= rows:  # no rows (rare): to_answer's
         return None
     try:
         labels = _packed_labels(found.get(roles.label or ""), rows, start, stop)

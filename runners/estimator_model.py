@@ -1,10 +1,12 @@
 """An estimator's answers as a served model, whatever computes them.
 
 ``EstimatorModel`` is the serving half of a scikit-learn model: the finiteness check,
-the outputs as methods on one input array, and one probability pass answering both
-``label`` and ``probabilities``. It imports neither scikit-learn nor scipy, so that a
-runner whose methods are numpy kernels (runners.sklearn_lean) never loads them; the
-methods come from ``runners.sklearn_model`` (the estimator's own) or from those kernels.
+the outputs as methods on one input array, one probability pass answering both
+``label`` and ``probabilities``, and the answer to zero rows (which scikit-learn
+refuses: "Found array with 0 sample(s)"). It imports neither scikit-learn nor scipy, so
+that a runner whose methods are numpy kernels (runners.sklearn_lean) never loads them;
+the methods come from ``runners.sklearn_model`` (the estimator's own) or from those
+kernels.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from greenroom_client.errors import InvalidInput
+from greenroom_client.tensors import DTYPES
 from runners.model import Arrays, Binding, Model
 
 Method = Callable[[npt.NDArray[Any]], npt.NDArray[Any]]
@@ -46,6 +49,7 @@ class EstimatorModel(Model):
         self._methods = {b.spec.name: methods[b.native] for b in outputs}
         self.allow_nan = allow_nan
         self.classes = classes
+        self._specs = {b.spec.name: b.spec for b in outputs}
         served = {b.native: b.spec.name for b in outputs}
         self._one_pass = (
             (served["label"], served["probabilities"])
@@ -67,9 +71,25 @@ class EstimatorModel(Model):
     def predict(self, inputs: Arrays, outputs: Sequence[str] | None = None) -> Arrays:
         features = inputs[self._input]
         names = list(self._methods if outputs is None else outputs)
+        if features.ndim and features.shape[0] == 0:
+            return {name: self._no_rows(name, features) for name in names}
         if self._one_pass is not None and set(self._one_pass) <= set(names):
             return self._label_from_probabilities(features, names)
         return {name: self._methods[name](features) for name in names}
+
+    def _no_rows(self, name: str, features: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """The answer to zero rows: an empty array of the output's served columns and
+        datatype, the ones a one-row answer has once the server casts it to the signature
+        (scikit-learn's methods refuse zero samples, and the numpy kernels need not be
+        asked). An output whose columns the signature leaves open (-1, declared so in
+        model.yaml) takes them from the method's answer to one row of zeros."""
+        spec = self._specs[name]
+        columns = spec.shape[1:]
+        if all(dim >= 0 for dim in columns):
+            return np.empty((0, *columns), dtype=DTYPES[spec.datatype])
+        fill: Any = b"" if features.dtype == object else 0
+        one = np.full((1, *features.shape[1:]), fill, dtype=features.dtype)
+        return np.asarray(self._methods[name](one))[:0]
 
     def _label_from_probabilities(self, features: npt.NDArray[Any], names: list[str]) -> Arrays:
         """Label and probabilities from one probability pass, for estimators whose predict
