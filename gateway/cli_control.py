@@ -50,7 +50,14 @@ def version_share(text: str) -> tuple[str, float]:
 
 def read_feedback(path: Path) -> list[tuple[str, int, str]]:
     """All items of a csv (header request_id,row,label) or jsonl file, checked before any is
-    sent, so a malformed file changes nothing."""
+    sent, so a malformed file changes nothing.
+
+    jsonl: ``request_id`` a string; ``row`` an integer (absent or null: 0; a string of
+    digits is read as in csv; 1.7, 1.0 and true are refused); ``label`` a string, or a
+    number kept as the text it is written with (1 is "1", 1.0 is "1.0", as the same
+    value in a csv would be: a classifier's labels are compared as text, and a model
+    trained on float classes answers "1.0"; a regression reads either as a number).
+    """
     try:
         text = path.read_text()
     except OSError as exc:
@@ -61,18 +68,46 @@ def read_feedback(path: Path) -> list[tuple[str, int, str]]:
     return items
 
 
+class _JsonNumber(str):
+    """A JSON number as the text it was written with (``1.0`` stays "1.0")."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _shown(value: Any) -> str:
+    """A value as the file wrote it, for messages."""
+    if isinstance(value, _JsonNumber):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)}: {_shown(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
 def _item(path: Path, line: int, request_id: Any, row: Any, label: Any) -> tuple[str, int, str]:
     where = f"{path}:{line}"
-    if not isinstance(request_id, str) or not request_id:
+    if request_id is None or request_id == "":
         raise InvalidArgument(f"{where}: request_id is missing")
-    try:
-        index = int(row) if row not in (None, "") else 0
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{where}: row must be an integer, got {row!r}") from None
+    if not isinstance(request_id, str) or isinstance(request_id, _JsonNumber):
+        raise InvalidArgument(f"{where}: request_id must be a string, got {_shown(request_id)}")
+    index = 0
+    if row is not None and row != "":
+        try:
+            if not isinstance(row, str):  # a bool or a container: no row number
+                raise TypeError
+            index = int(row)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{where}: row must be an integer, got {_shown(row)}") from None
     if index < 0:
         raise InvalidArgument(f"{where}: row must not be negative")
-    if label is None or str(label) == "":
+    if label is None or label == "":
         raise InvalidArgument(f"{where}: label is missing")
+    if not isinstance(label, str):  # a bool or a container
+        raise InvalidArgument(f"{where}: label must be a string or a number, got {_shown(label)}")
     return request_id, index, str(label)
 
 
@@ -90,12 +125,15 @@ def _read_csv(path: Path, text: str) -> list[tuple[str, int, str]]:
 
 
 def _read_jsonl(path: Path, text: str) -> list[tuple[str, int, str]]:
+    """Numbers are kept as their text (``_JsonNumber``), checked by ``_item``."""
     items = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json.loads(
+                line, parse_int=_JsonNumber, parse_float=_JsonNumber, parse_constant=_JsonNumber
+            )
         except json.JSONDecodeError as exc:
             raise InvalidArgument(f"{path}:{n}: not JSON ({exc.msg})") from None
         if not isinstance(rec, dict):

@@ -191,9 +191,12 @@ class ControlPlane:
     # ---- feedback ----------------------------------------------------------------------
 
     async def feedback(self, model: str, items: list[tuple[str, int, str]]) -> FeedbackResult:
-        self.router.model(model)
+        """Store the items in one transaction, all or none (INVALID_ARGUMENT naming the
+        first bad item by its index in ``items``). A regression's truths must be finite
+        numbers; a classifier's labels are free text (its classes are not always known)."""
+        numeric = self.task(model) == "regression"  # NOT_FOUND for an unknown model
         try:
-            return await asyncio.to_thread(self.ledger.add_feedback, model, items)
+            return await asyncio.to_thread(self.ledger.add_feedback, model, items, numeric=numeric)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
 

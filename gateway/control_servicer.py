@@ -12,6 +12,8 @@ import grpc
 from gateway.control import ControlPlane, Report
 from gateway.decision import Decision, Policy
 from gateway.deployments import Canary, Deployment, Shadow
+from gateway.ledger import FeedbackResult
+from gateway.ledger.ledger import MAX_FEEDBACK_ITEMS
 from gateway.ledger.records import JournalEntry
 from gateway.servicer import edge
 from greenroom_client.errors import InvalidArgument
@@ -153,29 +155,50 @@ def _items(batch: cpb.FeedbackBatch) -> list[tuple[str, int, str]]:
     return [(item.request_id, item.row, item.label) for item in batch.items]
 
 
+def _result_to_pb(result: FeedbackResult) -> cpb.FeedbackResult:
+    return cpb.FeedbackResult(
+        accepted=result.accepted, matched=result.matched,
+        unmatched=result.unmatched, duplicates=result.duplicates,
+    )  # fmt: skip
+
+
 class FeedbackServicer(cpb_grpc.FeedbackServicer):
     def __init__(self, control: ControlPlane) -> None:
         self.control = control
 
     @edge
     async def SendFeedback(self, request: cpb.FeedbackBatch, _: Any) -> cpb.FeedbackResult:
-        result = await self.control.feedback(request.model, _items(request))
-        return cpb.FeedbackResult(
-            accepted=result.accepted, matched=result.matched,
-            unmatched=result.unmatched, duplicates=result.duplicates,
-        )  # fmt: skip
+        return _result_to_pb(await self.control.feedback(request.model, _items(request)))
 
+    @edge
     async def StreamFeedback(
-        self, requests: AsyncIterator[cpb.FeedbackBatch], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[cpb.FeedbackBatch], _: Any
     ) -> cpb.FeedbackResult:
-        total = cpb.FeedbackResult()
+        """The whole stream is one call: its items are collected (up to the ledger's limit)
+        and stored in one transaction, all or none; an error names the item by its index
+        in the whole stream."""
+        model: str | None = None
+        items: list[tuple[str, int, str]] = []
+        number = -1
         async for batch in requests:
-            one = await self.SendFeedback(batch, context)
-            total.accepted += one.accepted
-            total.matched += one.matched
-            total.unmatched += one.unmatched
-            total.duplicates += one.duplicates
-        return total
+            number += 1
+            if model is None:
+                model = batch.model
+                self.control.router.model(model)  # NOT_FOUND now, not after the stream
+            elif batch.model != model:
+                raise InvalidArgument(
+                    f"feedback batch {number} is for model {batch.model!r} but the stream's "
+                    f"first batch is for {model!r}: one stream carries one model's feedback"
+                )
+            if len(items) + len(batch.items) > MAX_FEEDBACK_ITEMS:
+                raise InvalidArgument(
+                    f"feedback: more than {MAX_FEEDBACK_ITEMS} items in one stream: "
+                    "send them in several calls (nothing was stored)"
+                )
+            items.extend(_items(batch))
+        if model is None:
+            return cpb.FeedbackResult()
+        return _result_to_pb(await self.control.feedback(model, items))
 
 
 class EvaluationServicer(cpb_grpc.EvaluationServicer):

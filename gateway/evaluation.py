@@ -11,7 +11,10 @@ Which rows count where:
 - an *answered* row is one that succeeded and carries a prediction (a row marked ok but
   with no prediction gave no answer and is counted as failed);
 - a *labelled* row is an answered row whose truth is known; accuracy, precision, recall,
-  log loss, MAE and RMSE are computed over labelled rows only.
+  log loss, MAE and RMSE are computed over labelled rows only. A regression truth that is
+  not a finite number (text that is no number, NaN, infinity: the gateway refuses such
+  feedback, but older ledgers may hold some) is no truth: its row counts as unlabelled
+  everywhere, so MAE and RMSE always describe the same rows.
 """
 
 from __future__ import annotations
@@ -54,7 +57,14 @@ class Scored:
 
     @property
     def labelled(self) -> bool:
-        return self.answered and self.truth is not None
+        return self.answered and _known(self.truth)
+
+
+def _known(truth: str | float | None) -> bool:
+    """Whether ``truth`` is one: a number (regression) only if it is finite."""
+    if truth is None:
+        return False
+    return math.isfinite(truth) if isinstance(truth, float | int) else True
 
 
 def is_correct(row: Scored) -> bool | None:
@@ -65,10 +75,21 @@ def is_correct(row: Scored) -> bool | None:
 
 
 def abs_error(row: Scored) -> float | None:
-    """|predicted - truth| of a labelled regression row; None when it has no label."""
+    """|predicted - truth| of a labelled regression row; None when it has no label (or a
+    truth that is not a finite number)."""
     if not row.labelled:
         return None
-    return abs(_number(row.predicted) - _number(row.truth))
+    truth = _finite_truth(row.truth)
+    return None if truth is None else abs(_number(row.predicted) - truth)
+
+
+def _finite_truth(truth: str | float | None) -> float | None:
+    """A regression truth as a finite number, else None (no number, NaN, infinite)."""
+    try:
+        value = _number(truth)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _number(value: str | float | None) -> float:
@@ -162,10 +183,14 @@ class Accumulator:
         self.answered += 1
         if not row.labelled:
             return
-        self.labelled += 1
         if self.task == "regression":
-            self.errors.append(abs(_number(row.predicted) - _number(row.truth)))
+            known = _finite_truth(row.truth)
+            if known is None:  # no usable truth: the row stays unlabelled
+                return
+            self.labelled += 1
+            self.errors.append(abs(_number(row.predicted) - known))
             return
+        self.labelled += 1
         truth, predicted = str(row.truth), str(row.predicted)
         self.truths[truth] += 1
         self.predicted[predicted] += 1
@@ -236,6 +261,9 @@ def _regression_errors(errors: array[float]) -> tuple[float | None, float | None
     if not errors:
         return None, None
     values = np.frombuffer(errors, dtype=np.float64)
+    if not np.isfinite(values).all():  # a NaN or infinite prediction: both say so alike
+        with np.errstate(over="ignore", invalid="ignore"):
+            return float(values.mean()), float(np.sqrt(np.mean(values**2)))
     # Scaled by the largest error so that squaring neither overflows nor underflows.
     scale = float(values.max())
     rmse = scale * float(np.sqrt(np.mean((values / scale) ** 2))) if scale > 0 else 0.0

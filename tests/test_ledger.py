@@ -231,8 +231,11 @@ def test_a_thousand_row_answer_is_one_record_expanded_on_read(ledger: Ledger) ->
     )
     ledger.record(answer("small", 2, version="v2"))
     truth = [("big", row, f"t{row}") for row in range(0, rows, 7)]
-    assert ledger.add_feedback("iris", [*truth, ("big", rows, "beyond")]) == FeedbackResult(
-        accepted=len(truth) + 1, matched=len(truth), unmatched=1, duplicates=0
+    beyond = f"row {rows} is out of range: the recorded answer to request 'big' has {rows} rows"
+    with pytest.raises(ValueError, match=beyond):  # all or nothing
+        ledger.add_feedback("iris", [*truth, ("big", rows, "beyond")])
+    assert ledger.add_feedback("iris", truth) == FeedbackResult(
+        accepted=len(truth), matched=len(truth), unmatched=0, duplicates=0
     )
     assert database_answers(ledger.url) == 2
     assert ledger.count("iris") == rows + 2
@@ -275,7 +278,9 @@ def test_a_window_streams_in_chunks_with_every_truth_joined(ledger: Ledger) -> N
 
 def test_failed_answers_hold_the_requests_rows_without_predictions(ledger: Ledger) -> None:
     ledger.record(answer("f", 3, status="UNAVAILABLE", labels=None, probabilities=None))
-    assert ledger.add_feedback("iris", [("f", 2, "setosa"), ("f", 3, "setosa")]).matched == 1
+    with pytest.raises(ValueError, match="item 1: row 3 is out of range"):
+        ledger.add_feedback("iris", [("f", 2, "setosa"), ("f", 3, "setosa")])
+    assert ledger.add_feedback("iris", [("f", 2, "setosa")]).matched == 1
     rows = ledger.rows("iris")
     assert [(r.row, r.status, r.label, r.value, r.probabilities, r.truth) for r in rows] == [
         (0, "UNAVAILABLE", None, None, None, None),
@@ -574,10 +579,10 @@ def test_feedback_after_the_flush_is_matched_by_row(ledger: Ledger) -> None:
     assert ledger.flush()
     result = ledger.add_feedback("iris", [("a", 0, "setosa"), ("a", 1, "virginica")])
     assert result == FeedbackResult(accepted=2, matched=2, unmatched=0, duplicates=0)
-    result = ledger.add_feedback("iris", [("a", 2, "setosa")])  # the answer has 2 rows
-    assert result == FeedbackResult(accepted=1, matched=0, unmatched=1, duplicates=0)
+    with pytest.raises(ValueError, match="answer to request 'a' has 2 rows"):
+        ledger.add_feedback("iris", [("a", 2, "setosa")])  # it could never join
     ledger.record(answer("a", 3, version="v2"))  # a longer answer to the same id matches
-    assert ledger.add_feedback("iris", [("a", 2, "versicolor")]) == FeedbackResult(1, 1, 0, 1)
+    assert ledger.add_feedback("iris", [("a", 2, "versicolor")]) == FeedbackResult(1, 1, 0, 0)
 
 
 def test_feedback_for_an_unknown_id_is_kept_and_joined_later(ledger: Ledger) -> None:
@@ -660,6 +665,8 @@ def test_pairs_are_rows_both_versions_answered_ok_with_known_truth(ledger: Ledge
 
 
 def test_pairs_of_mixed_multi_row_answers_use_the_latest_ok_answers(ledger: Ledger) -> None:
+    # Sent before any answer to "m": kept (unmatched), and never joins its 3-row answers.
+    assert ledger.add_feedback("iris", [("m", 9, "beyond")]).unmatched == 1
     record_all(
         ledger,
         [
@@ -680,7 +687,7 @@ def test_pairs_of_mixed_multi_row_answers_use_the_latest_ok_answers(ledger: Ledg
         ],
     )
     truth = [("m", 0, "T0"), ("m", 2, "T2"), ("short", 1, "S1"), ("short", 3, "S3")]
-    truth += [("reg", 4, "4.2"), ("reg", 1, "1.2"), ("one", 0, "z"), ("m", 9, "beyond")]
+    truth += [("reg", 4, "4.2"), ("reg", 1, "1.2"), ("one", 0, "z")]
     ledger.add_feedback("iris", truth)
     got = [
         (p.request_id, p.row, p.truth, p.primary_label, p.primary_value, *candidate)
@@ -770,7 +777,13 @@ class Reference:
             status="OK" if ok else "INTERNAL", created_at=1.0,
         )  # fmt: skip
 
-    def feedback(self, items: list[tuple[tuple[str, int], str]]) -> FeedbackResult:
+    def feedback(self, items: list[tuple[tuple[str, int], str]]) -> FeedbackResult | None:
+        """None: refused whole (a row that a recorded answer to its id does not have)."""
+        most: dict[str, int] = {}
+        for r, _, rows, _ in self.answers:
+            most[r] = max(most.get(r, 0), rows)
+        if any(r in most and i >= most[r] for (r, i), _ in items):
+            return None
         answered = {(r, i) for r, _, rows, _ in self.answers for i in range(rows)}
         seen = set(self.truth)
         duplicates = 0
@@ -825,8 +838,12 @@ def test_any_interleaving_joins_like_the_reference(shared_ledger: Ledger, ops: A
                 ledger.record(reference.record(model, *item))
         elif kind == "feedback":
             expected = reference.feedback(items)
-            got = ledger.add_feedback(model, [(r, i, truth) for (r, i), truth in items])
-            assert got == expected
+            if expected is None:
+                with pytest.raises(ValueError, match="is out of range"):
+                    ledger.add_feedback(model, [(r, i, truth) for (r, i), truth in items])
+            else:
+                got = ledger.add_feedback(model, [(r, i, truth) for (r, i), truth in items])
+                assert got == expected
         else:
             assert ledger.flush()
     got_rows = [(r.request_id, r.row, r.version, r.label, r.truth) for r in ledger.rows(model)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -41,6 +42,10 @@ from gateway.ledger.writer import (
 from gateway.ledger.writer_process import ProcessWriter, WriterConfig
 
 FEEDBACK_FLUSH_TIMEOUT_S = 5.0
+# Items in one feedback call (one transaction): a stream is collected whole before it is
+# stored, so that it is all-or-nothing; this bounds the memory (~100 MB) and the time the
+# transaction holds SQLite's write lock (~1.5 s: well under the writer's busy timeout).
+MAX_FEEDBACK_ITEMS = 100_000
 
 Convert = Callable[[Any], Answer | PackedAnswer | InputSample | None]
 
@@ -132,13 +137,17 @@ class Ledger:
 
     # -- feedback -----------------------------------------------------------------------
 
-    def add_feedback(self, model: str, items: Sequence[tuple[str, int, str]]) -> FeedbackResult:
+    def add_feedback(
+        self, model: str, items: Sequence[tuple[str, int, str]], *, numeric: bool = False
+    ) -> FeedbackResult:
         """Validate the whole batch first (nothing is stored if any item is bad), then
-        upsert it. Recorded answers are flushed first so that truth sent right after an
-        answer counts as matched (an item matches when an answer to its request id, OK or
-        failed, has more rows than its row index); truth for an unknown id is kept and
-        joins later."""
-        _validate_feedback(model, items)
+        upsert it. ``numeric``: the model is a regression, so every truth must be a finite
+        number (``float()`` reads it). Recorded answers are flushed first so that truth
+        sent right after an answer counts as matched (an item matches when an answer to its
+        request id, OK or failed, has more rows than its row index). An item whose request
+        id has a recorded answer without that row is refused (it could never join); truth
+        for an id not recorded yet is kept and joins when an answer with that row comes."""
+        _validate_feedback(model, items, numeric=numeric)
         self.flush(FEEDBACK_FLUSH_TIMEOUT_S)
         return self._store.add_feedback(model, items, time.time())
 
@@ -204,17 +213,24 @@ class Ledger:
         return self._store.deployment_changes()
 
 
-def _validate_feedback(model: str, items: Sequence[tuple[str, int, str]]) -> None:
+def _validate_feedback(
+    model: str, items: Sequence[tuple[str, int, str]], *, numeric: bool = False
+) -> None:
     """Raise ValueError naming the first bad item (by index) so a client can fix its file."""
     if not model:
         raise ValueError("feedback: model name is empty")
+    if len(items) > MAX_FEEDBACK_ITEMS:
+        raise ValueError(
+            f"feedback: {len(items)} items in one call, over the limit of "
+            f"{MAX_FEEDBACK_ITEMS}: send them in several calls"
+        )
     for index, item in enumerate(items):
-        problem = _feedback_problem(item)
+        problem = _feedback_problem(item, numeric)
         if problem:
             raise ValueError(f"feedback item {index}: {problem}")
 
 
-def _feedback_problem(item: object) -> str | None:
+def _feedback_problem(item: object, numeric: bool) -> str | None:
     if not isinstance(item, tuple) or len(item) != 3:
         return "expected (request_id, row, truth)"
     request_id, row, truth = item
@@ -224,7 +240,17 @@ def _feedback_problem(item: object) -> str | None:
         return f"row must be a non-negative integer, got {row!r}"
     if not isinstance(truth, str) or not truth:
         return "truth is empty"
+    if numeric and not _finite_number(truth):
+        return f"truth {truth!r} is not a finite number, and the model is a regression"
     return None
+
+
+def _finite_number(text: str) -> bool:
+    """Whether ``text`` is a number the evaluation can score (it reads truth the same way)."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def prepare_item(

@@ -39,6 +39,12 @@ SQLITE_BUSY_TIMEOUT_S = 5.0
 IN_CHUNK = 500
 # Answers read at a time when a window is streamed (``Store.iter_rows``).
 READ_CHUNK = 1000
+# Feedback rows per upsert statement (all in one transaction).
+UPSERT_CHUNK = 5000
+# The largest row index feedback may name: ``answers.rows`` and ``feedback.row`` are
+# 32-bit integers (PostgreSQL), so no answer can have a row beyond it, and storing one
+# would fail there.
+MAX_FEEDBACK_ROW = 2**31 - 1
 
 # Packed float arrays: float64, little-endian, whatever the machine.
 FLOAT = np.dtype("<f8")
@@ -184,15 +190,20 @@ class Store:
     def add_feedback(
         self, model: str, items: Sequence[tuple[str, int, str]], now: float
     ) -> FeedbackResult:
-        """Upsert validated items (last wins) and say how each one landed."""
+        """Upsert validated items (last wins) and say how each one landed, in one
+        transaction. ValueError (nothing stored) when an item names a row that the recorded
+        answer to its request id does not have: it could never join. An item whose request
+        id has no answer yet is kept; it joins when an answer with that row is read
+        (``iter_rows``, ``iter_pairs``: a truth joins only a row the answer has)."""
         latest: dict[Key, str] = {}
         repeated = 0
         for request_id, row, truth in items:
             repeated += (request_id, row) in latest
             latest[(request_id, row)] = truth
         with self.engine.begin() as connection:
-            known = _existing_keys(connection, model, latest)
             answered = _answered_rows(connection, model, {request_id for request_id, _ in latest})
+            _check_rows(items, answered)
+            known = _existing_keys(connection, model, latest)
             _upsert_feedback(connection, model, latest, now)
         matched = sum(row < answered.get(request_id, 0) for request_id, row, _ in items)
         return FeedbackResult(
@@ -508,6 +519,24 @@ def _answered_rows(
     return answered
 
 
+def _check_rows(items: Sequence[tuple[str, int, str]], answered: dict[str, int]) -> None:
+    """ValueError naming the first item that can never join: its recorded answer has no
+    such row, or (no answer yet) no answer can have it."""
+    for index, (request_id, row, _) in enumerate(items):
+        rows = answered.get(request_id)
+        if rows is not None and row >= rows:
+            raise ValueError(
+                f"feedback item {index}: row {row} is out of range: the recorded answer to "
+                f"request {request_id!r} has {rows} row{'' if rows == 1 else 's'} "
+                f"(rows are numbered from 0)"
+            )
+        if row > MAX_FEEDBACK_ROW:
+            raise ValueError(
+                f"feedback item {index}: row {row} is beyond any answer "
+                f"(rows are numbered up to {MAX_FEEDBACK_ROW})"
+            )
+
+
 def _upsert_feedback(
     connection: sa.Connection, model: str, latest: dict[Key, str], now: float
 ) -> None:
@@ -520,19 +549,22 @@ def _upsert_feedback(
             "revisions": feedback.c.revisions + 1,
         },
     )
-    params = [
-        {
-            "model": model,
-            "request_id": request_id,
-            "row": row,
-            "truth": truth,
-            "received_at": now,
-            "updated_at": now,
-            "revisions": 1,
-        }
-        for (request_id, row), truth in latest.items()
-    ]
-    if params:
+    # In slices, within the caller's transaction: a large call never holds every item's
+    # parameters at once.
+    keys = iter(latest.items())
+    while part := list(itertools.islice(keys, UPSERT_CHUNK)):
+        params = [
+            {
+                "model": model,
+                "request_id": request_id,
+                "row": row,
+                "truth": truth,
+                "received_at": now,
+                "updated_at": now,
+                "revisions": 1,
+            }
+            for (request_id, row), truth in part
+        ]
         connection.execute(statement, params)
 
 
