@@ -8,6 +8,7 @@ ledger runs in a worker thread, never on the event loop that answers inference.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -61,10 +62,13 @@ def _scored(row: LabelledRow, task: Task) -> Scored:
 
 
 def _number(text: str) -> float | None:
+    """A regression truth, or None for one that is not a finite number (such truths are
+    refused now, but a ledger may hold them from before)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return None
+    return value if math.isfinite(value) else None
 
 
 def _pair(row: PairedRow, task: Task) -> Pair | ErrorPair | None:
@@ -179,6 +183,8 @@ class ControlPlane:
         def promoted(current: Deployment) -> Deployment:
             if decided_on is not None:
                 _still_decided(current, decided_on, version)
+            if version == current.primary:  # a no-op would still be journaled as a promotion
+                raise InvalidArgument(f"version {version} is already the primary of '{model}'")
             return current.promoted(version, old_primary_fraction)
 
         return await self.change_deployment(model, promoted, reason, actor, kind="promotion")

@@ -4,6 +4,7 @@ convert back. Errors leave through the same ``edge`` translation as inference.""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -162,6 +163,14 @@ def _result_to_pb(result: FeedbackResult) -> cpb.FeedbackResult:
     )  # fmt: skip
 
 
+def _check_since(since_seconds: float) -> None:
+    """0 is all time; a window is a positive, finite number of seconds."""
+    if not (math.isfinite(since_seconds) and since_seconds >= 0):
+        raise InvalidArgument(
+            f"since_seconds must be 0 (all time) or a positive number, got {since_seconds}"
+        )
+
+
 class FeedbackServicer(cpb_grpc.FeedbackServicer):
     def __init__(self, control: ControlPlane) -> None:
         self.control = control
@@ -207,13 +216,15 @@ class EvaluationServicer(cpb_grpc.EvaluationServicer):
 
     @edge
     async def Report(self, request: cpb.ReportRequest, _: Any) -> cpb.ReportResponse:
-        if request.since_seconds < 0:
-            raise InvalidArgument("since_seconds must not be negative")
+        _check_since(request.since_seconds)
         return report_to_pb(await self.control.report(request.model, request.since_seconds))
 
     @edge
     async def Decide(self, request: cpb.DecideRequest, _: Any) -> cpb.Decision:
         configured = self.control.router.model(request.model).config.promotion
+        if not request.candidate:
+            raise InvalidArgument("candidate is empty: name the version to test")
+        _check_since(request.since_seconds)
         try:
             policy = Policy(
                 min_pairs=request.min_pairs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
@@ -60,6 +61,19 @@ def test_bad_control_input_changes_nothing(churn_gateway: GatewayProcess, tmp_pa
         refused(lambda: control.promote("churn", "7", "why not"), NotFound, "no version '7'")
         refused(lambda: control.promote("churn", "2", ""), InvalidArgument, "needs a reason")
         refused(lambda: control.decide("churn", "1"), InvalidArgument, "already the primary")
+        refused(lambda: control.promote("churn", "1", "again"), InvalidArgument,
+                "version 1 is already the primary of 'churn'")  # fmt: skip
+        refused(lambda: control.decide("churn", ""), InvalidArgument, "candidate is empty")
+        window = "since_seconds must be 0 (all time) or a positive number"
+        for since in (-1.0, float("nan"), float("inf")):
+            refused(
+                functools.partial(control.decide, "churn", "2", since_seconds=since),
+                InvalidArgument, window,
+            )  # fmt: skip
+            refused(
+                functools.partial(control.report, "churn", since_seconds=since),
+                InvalidArgument, window,
+            )  # fmt: skip
         refused(lambda: control.feedback("churn", [("", 0, "1")]), InvalidArgument, "request_id")
         refused(lambda: control.feedback("nope", [("a", 0, "1")]), NotFound, "model 'nope'")
         assert control.deployment("churn") == before

@@ -242,8 +242,11 @@ class ControlClient(SyncChannel):
         min_pairs: int | None = None,
         alpha: float | None = None,
         sequential: bool | None = None,
+        since_seconds: float = 0.0,
     ) -> dict[str, Any]:
-        request = cpb.DecideRequest(model=model, candidate=candidate)
+        """The promotion test of ``candidate`` against the primary, over pairs of the last
+        ``since_seconds`` (0: all time)."""
+        request = cpb.DecideRequest(model=model, candidate=candidate, since_seconds=since_seconds)
         if min_pairs is not None:
             request.min_pairs = min_pairs
         if alpha is not None:
