@@ -22,8 +22,9 @@ from gateway.deployments import Deployment
 from gateway.evaluation import Accumulator, Scored, Task, VersionMetrics, evaluate
 from gateway.ledger import FeedbackResult, LabelledRow, Ledger, LedgerStats, PairedRow
 from gateway.ledger.records import JournalEntry
+from gateway.ledger.store import DeploymentConflict
 from gateway.router import Router
-from greenroom_client.errors import FailedPrecondition, InvalidArgument
+from greenroom_client.errors import Aborted, FailedPrecondition, InvalidArgument
 
 log = structlog.get_logger(__name__)
 
@@ -151,18 +152,30 @@ class ControlPlane:
             new = [v for v in after if v not in before]
             if new and self.gate is not None:
                 await self.gate(model, new)
-            await to_completion(self._commit(deployment, reason, actor, kind, new))
+            await to_completion(
+                self._commit(current, deployment, reason, actor, kind=kind, new=new)
+            )
         log.info("deployment changed", model=model, reason=reason, actor=actor)
         return deployment
 
     async def _commit(
-        self, deployment: Deployment, reason: str, actor: str, kind: str, new: list[str]
-    ) -> None:
-        """Saved, then in force: both or (if the save fails) neither."""
-        await asyncio.to_thread(
-            self.ledger.save_deployment, deployment.model, deployment.as_dict(), reason,
-            actor, kind=kind, version=new[0] if new else deployment.primary,
-        )  # fmt: skip
+        self, current: Deployment, deployment: Deployment, reason: str, actor: str, *,
+        kind: str, new: list[str],
+    ) -> None:  # fmt: skip
+        """Saved, then in force: both or (if the save fails) neither. The save checks that
+        the stored deployment is still ``current``: another gateway (or worker) on the same
+        database may have changed it, and this change was computed without that one."""
+        try:
+            await asyncio.to_thread(
+                self.ledger.save_deployment, deployment.model, deployment.as_dict(), reason,
+                actor, kind=kind, version=new[0] if new else deployment.primary,
+                expected=current.as_dict(),
+            )  # fmt: skip
+        except DeploymentConflict as conflict:
+            raise Aborted(
+                f"the deployment of '{deployment.model}' was changed by another gateway "
+                f"meanwhile (now {conflict.stored}); nothing was changed: read it and retry"
+            ) from None
         self.router.set_deployment(deployment)
 
     async def promote(

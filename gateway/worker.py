@@ -80,7 +80,7 @@ from gateway.supervisor import (
     RunnerState,
     StartupFailed,
 )
-from greenroom_client.errors import FailedPrecondition, GreenroomError, Unavailable
+from greenroom_client.errors import Aborted, FailedPrecondition, GreenroomError, Unavailable
 
 if TYPE_CHECKING:
     from gateway.tracing import GatewayTracing
@@ -97,6 +97,8 @@ PEER_CALL_TIMEOUT_S = PEER_FLUSH_TIMEOUT_S + 2.0
 # Deployment changes made by another worker (or another gateway on the same PostgreSQL)
 # are also noticed by polling a change counter this often: the safety net under Reload.
 DEPLOYMENT_POLL_S = 0.5
+# A deployment change that keeps losing to changes through other workers gives up (ABORTED).
+CHANGE_ATTEMPTS = 5
 # How often a worker looks again at a runner that is not READY (it comes back fast).
 ATTACH_RETRY_S = 0.1
 PARENT_POLL_S = 0.5
@@ -393,9 +395,10 @@ class WorkerControlPlane(ControlPlane):
       concurrent changes through different workers converge on the last one committed,
       and each is saved exactly once. A worker that missed the call (it was restarting)
       reads the deployments when it starts, and every worker also polls a change counter
-      every ``DEPLOYMENT_POLL_S``. Every change re-reads first, so that a promotion or a
-      new shadow applies to the deployment the other workers committed (two changes
-      through two workers in the same instant still converge on the later one).
+      every ``DEPLOYMENT_POLL_S``. Every change re-reads first and is saved only if the
+      stored deployment is still the one it was computed from; if another worker saved
+      first, it re-reads and applies itself to that one (up to ``CHANGE_ATTEMPTS``
+      times), so that concurrent changes through different workers all land.
     - **Feedback, report, decide** first ask every other worker to write the answers it
       has queued (``Sync``) and wait for them (up to ``PEER_FLUSH_TIMEOUT_S`` each, as the
       single gateway waits for its own writer): they see every answer that any worker had
@@ -458,8 +461,15 @@ class WorkerControlPlane(ControlPlane):
         kind: str = "deployment",
     ) -> Deployment:
         self.router.model(model)
-        await self.reload()  # the change applies to what the other workers committed
-        changed = await super().change_deployment(model, change, reason, actor, kind)
+        for attempt in range(CHANGE_ATTEMPTS):
+            await self.reload()  # the change applies to what the other workers committed
+            try:
+                changed = await super().change_deployment(model, change, reason, actor, kind)
+                break
+            except Aborted:  # another worker saved first: apply the change to theirs
+                log.info("deployment change raced another worker", model=model, attempt=attempt)
+                if attempt == CHANGE_ATTEMPTS - 1:
+                    raise
         await self.peers.reload()
         return changed
 

@@ -16,8 +16,15 @@ from gateway.deployments import Canary, Deployment, Shadow
 from gateway.ledger import Ledger
 from gateway.repository import scan
 from gateway.router import Router
+from gateway.shadow import ShadowFanout
+from gateway.worker import Peers, WorkerControlPlane
 from greenroom_client.control import ControlClient
-from greenroom_client.errors import FailedPrecondition, InvalidArgument, VersionNotFound
+from greenroom_client.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    VersionNotFound,
+)
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import GatewayProcess
 from tests.models import churn_data
@@ -203,3 +210,68 @@ def test_a_change_cancelled_while_it_is_saved_is_still_applied(tmp_path: Path) -
     assert control.router.deployment("m") == expected
     assert control.ledger.deployment("m") == expected.as_dict()
     control.ledger.stop(5.0)
+
+
+def test_changes_through_two_workers_both_land(tmp_path: Path) -> None:
+    """--workers N: worker 0's new shadow waits in its gate while worker 1 promotes and
+    saves. Worker 0's save then finds the stored deployment changed, re-reads it and
+    applies its shadow to the promoted one, instead of undoing the promotion."""
+    control = _control_plane(tmp_path)  # the repository and the database both workers use
+    control.ledger.stop(5.0)
+    sockets = (tmp_path / "w0.sock", tmp_path / "w1.sock")
+    release = asyncio.Event()
+
+    async def slow_gate(model: str, new: list[str]) -> None:
+        await release.wait()
+
+    async def scenario() -> list[WorkerControlPlane]:
+        workers = []
+        for index in range(2):
+            ledger = Ledger.for_data_dir(tmp_path / "data")
+            ledger.start()
+            router = Router(scan(tmp_path / "repo"), {})
+            peers = Peers(sockets, index)
+            worker = WorkerControlPlane(router, ledger, ShadowFanout(8, 1.0), peers)
+            await peers.serve(worker.sync_state, worker.reload)
+            workers.append(worker)
+        w0, w1 = workers
+        await w0.set_deployment(Deployment("m", "1", None, (Shadow("2", 1.0),)), "start", "api")
+        w0.gate = slow_gate
+        shadow = asyncio.create_task(
+            w0.change_deployment("m", lambda d: d.with_shadow("3", 0.5), "new", "retraining")
+        )
+        await asyncio.sleep(0.2)  # in its gate
+        await w1.promote("m", "2", "it won", 1.0, "api")
+        release.set()
+        await shadow
+        for worker in workers:
+            await worker.peers.stop()
+        return workers
+
+    workers = asyncio.run(scenario())
+    final = Deployment("m", "2", None, (Shadow("1", 1.0), Shadow("3", 0.5)))
+    for worker in workers:
+        assert worker.router.deployment("m") == final
+        assert worker.ledger.deployment("m") == final.as_dict()
+    actors = [h.actor for h in workers[0].ledger.history("m")]
+    assert actors == ["api", "api", "retraining"]  # each change saved once
+    for worker in workers:
+        worker.ledger.stop(5.0)
+
+
+def test_a_change_computed_before_another_gateways_is_refused(tmp_path: Path) -> None:
+    """Two gateways on one database (PostgreSQL for several gateways): a change computed
+    from a deployment another gateway has since replaced is ABORTED, nothing saved."""
+    first = _control_plane(tmp_path)
+    other = ControlPlane(Router(scan(tmp_path / "repo"), {}), first.ledger)
+    other.router.set_deployment(first.router.deployment("m"))
+
+    async def scenario() -> None:
+        await first.promote("m", "2", "it won", 1.0, "api")
+        with pytest.raises(Aborted, match="changed by another gateway meanwhile"):
+            await other.change_deployment("m", lambda d: d.with_shadow("3", 1.0), "x", "api")
+
+    asyncio.run(scenario())
+    assert first.ledger.deployment("m") == Deployment("m", "2", None, (Shadow("1", 1.0),)).as_dict()
+    assert other.router.deployment("m") == Deployment("m", "1", None, (Shadow("2", 1.0),))
+    first.ledger.stop(5.0)

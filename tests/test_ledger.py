@@ -854,3 +854,24 @@ def test_any_interleaving_joins_like_the_reference(shared_ledger: Ledger, ops: A
         for p in ledger.pairs(model, "v1", "v2")
     }
     assert got_pairs == reference.pairs()
+
+
+def test_a_deployment_saved_against_a_stale_copy_is_refused(url: str) -> None:
+    """Two writers (workers, gateways) computed changes from the same stored deployment:
+    the second save finds it replaced and stores nothing (both backends: PostgreSQL locks
+    the table, SQLite takes its write lock first)."""
+    first, second = Ledger(url), Ledger(url)
+    first.start()
+    second.start()
+    try:
+        base = {"primary": "1", "shadows": []}
+        first.save_deployment("m", base, "initial", expected=base)  # none stored: accepted
+        first.save_deployment("m", {"primary": "2", "shadows": []}, "promote", expected=base)
+        with pytest.raises(store.DeploymentConflict) as conflict:
+            second.save_deployment("m", {"primary": "1", "shadows": ["3"]}, "x", expected=base)
+        assert conflict.value.stored == {"primary": "2", "shadows": []}
+        assert second.deployment("m") == {"primary": "2", "shadows": []}
+        assert [h.reason for h in second.history("m")] == ["initial", "promote"]
+    finally:
+        first.stop()
+        second.stop()

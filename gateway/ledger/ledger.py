@@ -189,12 +189,15 @@ class Ledger:
         *,
         kind: str = "deployment",
         version: str | None = None,
+        expected: dict[str, Any] | None = None,
     ) -> None:
         """Replace the current deployment and append to its history and to the journal
-        (as ``kind``, about ``version``), atomically."""
+        (as ``kind``, about ``version``), atomically; with ``expected``, only if the
+        stored one is still that (else ``store.DeploymentConflict``)."""
         self._store.save_deployment(
-            model, spec, reason, actor, now=time.time(), kind=kind, version=version
-        )
+            model, spec, reason, actor, now=time.time(), kind=kind, version=version,
+            expected=expected,
+        )  # fmt: skip
 
     def deployment(self, model: str) -> dict[str, Any] | None:
         return self._store.deployment(model)

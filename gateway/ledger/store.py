@@ -225,11 +225,18 @@ class Store:
         now: float,
         kind: str = "deployment",
         version: str | None = None,
+        expected: dict[str, Any] | None = None,
     ) -> None:
         """Current state, its history entry and its journal entry change together or not
-        at all."""
+        at all. ``expected``: the deployment the change was computed from; if another
+        writer stored a different one meanwhile, DeploymentConflict and nothing is saved
+        (none stored yet counts as expected: the model.yaml default everyone starts from)."""
         text = json.dumps(spec, sort_keys=True)
         with self.engine.begin() as connection:
+            if expected is not None:
+                stored = _locked_deployment(connection, model)
+                if stored is not None and stored != expected:
+                    raise DeploymentConflict(model, stored)
             insert = _dialect_insert(connection, deployments)
             connection.execute(
                 insert.values(model=model, spec=text, updated_at=now).on_conflict_do_update(
@@ -517,6 +524,31 @@ def _answered_rows(
         )
         answered.update((r[0], int(r[1])) for r in connection.execute(query))
     return answered
+
+
+class DeploymentConflict(Exception):
+    """The stored deployment is not the one a change was computed from."""
+
+    def __init__(self, model: str, stored: dict[str, Any]) -> None:
+        super().__init__(f"the deployment of '{model}' changed meanwhile: {stored}")
+        self.stored = stored
+
+
+def _locked_deployment(connection: sa.Connection, model: str) -> dict[str, Any] | None:
+    """The stored deployment, read under a lock that no other deployment writer can share
+    until this transaction ends: PostgreSQL's table lock; on SQLite a write (the first one
+    begins the transaction and takes the database's write lock)."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("LOCK TABLE deployments IN SHARE ROW EXCLUSIVE MODE")
+    else:
+        connection.execute(
+            deployments.update()
+            .where(deployments.c.model == model)
+            .values(updated_at=deployments.c.updated_at)
+        )
+    query = sa.select(deployments.c.spec).where(deployments.c.model == model)
+    text = connection.execute(query).scalar_one_or_none()
+    return None if text is None else dict(json.loads(text))
 
 
 def _check_rows(items: Sequence[tuple[str, int, str]], answered: dict[str, int]) -> None:

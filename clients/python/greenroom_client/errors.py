@@ -15,6 +15,7 @@ caller catches ``NotFound`` whether the model is missing at the gateway or at a 
     ├── DeadlineExceeded           DEADLINE_EXCEEDED
     ├── FailedPrecondition         FAILED_PRECONDITION
     ├── AlreadyExists              ALREADY_EXISTS    (a registered version, a running job)
+    ├── Aborted                    ABORTED           (a concurrent change won: read, retry)
     └── InternalError              INTERNAL          (generic message; details only in logs)
 
 Status names are strings so that domain modules need not import grpc.
@@ -84,6 +85,13 @@ class AlreadyExists(GreenroomError):
     code = "ALREADY_EXISTS"
 
 
+class Aborted(GreenroomError):
+    """A change lost to a concurrent one (another gateway wrote first): read the current
+    state again and retry."""
+
+    code = "ABORTED"
+
+
 class InternalError(GreenroomError):
     code = "INTERNAL"
 
@@ -101,6 +109,7 @@ _BY_CODE: dict[str, type[GreenroomError]] = {
         DeadlineExceeded,
         FailedPrecondition,
         AlreadyExists,
+        Aborted,
         InternalError,
     )
 }
