@@ -8,8 +8,10 @@ labels, a class never predicted) is ``None`` rather than NaN or an exception, so
 Which rows count where:
 
 - every row counts for latency and for the error rate (a failure is part of the service);
-- an *answered* row is one that succeeded and carries a prediction (a row marked ok but
-  with no prediction gave no answer and is counted as failed);
+- an *error* is a row whose call failed;
+- an *answered* row is one that succeeded and carries a prediction. A row that succeeded
+  without one (the client asked only for other outputs, e.g. ``probabilities``) is
+  neither: the service answered, but there is nothing to score;
 - a *labelled* row is an answered row whose truth is known; accuracy, precision, recall,
   log loss, MAE and RMSE are computed over labelled rows only. A regression truth that is
   not a finite number (text that is no number, NaN, infinity: the gateway refuses such
@@ -167,7 +169,7 @@ class Accumulator:
         if task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
         self.task = task
-        self.rows = self.answered = self.labelled = self.correct = 0
+        self.rows = self.failed = self.answered = self.labelled = self.correct = 0
         self.latencies = array("d")
         self.losses = array("d")  # classification rows with probabilities
         self.errors = array("d")  # regression: |predicted - truth|
@@ -178,6 +180,7 @@ class Accumulator:
     def add(self, row: Scored) -> None:
         self.rows += 1
         self.latencies.append(row.latency_ms)
+        self.failed += not row.ok
         if not row.answered:
             return
         self.answered += 1
@@ -208,8 +211,8 @@ class Accumulator:
             task=self.task,
             rows=self.rows,
             predictions=self.answered,
-            errors=self.rows - self.answered,
-            error_rate=_ratio(self.rows - self.answered, self.rows),
+            errors=self.failed,
+            error_rate=_ratio(self.failed, self.rows),
             labelled=self.labelled,
             accuracy=_ratio(self.correct, self.labelled) if classification else None,
             per_class=self._per_class() if classification else None,

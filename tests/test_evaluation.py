@@ -87,7 +87,9 @@ def test_regression_metrics_equal_scikit_learns(seed: int) -> None:
     rows += [Scored(None, 1.0, ok=False), Scored(5.0, None), Scored(None, 2.0)]
     metrics = evaluate(rows, "regression")
     assert metrics.labelled == 400
-    assert metrics.errors == 2  # the failure, and the "ok" row that carried no value
+    # the failure only: the "ok" row without a value (only other outputs were asked for)
+    # was answered, with nothing to score
+    assert (metrics.errors, metrics.predictions) == (1, 401)
     assert metrics.mae == pytest.approx(mean_absolute_error(truth, predicted), rel=1e-12)
     rmse = math.sqrt(mean_squared_error(truth, predicted))
     assert metrics.rmse == pytest.approx(rmse, rel=1e-12)
@@ -171,7 +173,9 @@ rows_strategy = st.lists(
 def test_any_rows_give_consistent_json_metrics(rows: list[Scored]) -> None:
     metrics = evaluate(rows, "classification")
     json.dumps(metrics.as_dict(), allow_nan=False)
-    assert metrics.predictions + metrics.errors == metrics.rows == len(rows)
+    assert metrics.rows == len(rows)
+    assert metrics.errors == sum(not row.ok for row in rows)
+    assert metrics.predictions == sum(row.ok and row.predicted is not None for row in rows)
     assert metrics.labelled <= metrics.predictions
     assert metrics.per_class is not None
     assert sum(stats.support for stats in metrics.per_class.values()) == metrics.labelled

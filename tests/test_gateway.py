@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import joblib
@@ -15,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from greenroom_client import tensors
+from greenroom_client.control import ControlClient
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import GatewayProcess
@@ -188,3 +191,29 @@ def test_200_concurrent_requests_across_two_models(
     for i, reply, rows, model in results:
         assert reply.id == f"r{i}"
         np.testing.assert_array_equal(outputs(reply)["label"], model.predict(rows))  # type: ignore[attr-defined]
+
+
+def test_answers_with_only_some_outputs_are_not_errors(
+    gateway: GatewayProcess, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """A client that asks only for probabilities got its answer: the report must not
+    count it as a failure (the error rate is a promotion guardrail)."""
+    x = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+    with ControlClient(gateway.target) as control:
+
+        def iris() -> dict[str, Any]:
+            report = control.report("iris")
+            [primary] = report["versions"]
+            return {**primary, "recorded": report["ledger"]["recorded_answers"]}
+
+        before = iris()
+        message = request("iris", {"input": x}, id="only-probabilities")
+        message.outputs.add(name="probabilities")
+        reply = stub.ModelInfer(message)
+        assert [o.name for o in reply.outputs] == ["probabilities"]
+        deadline = time.monotonic() + 30
+        while (after := iris())["recorded"] <= before["recorded"]:  # recorded in batches
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert after["errors"] == before["errors"]
+    assert after["predictions"] == before["predictions"]  # nothing to score
