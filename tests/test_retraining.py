@@ -280,11 +280,15 @@ def test_a_gateway_that_starts_waits_for_the_next_time(setup: Setup) -> None:
 # ----------------------------------------------------------------------------- triggers
 
 
+def low_accuracy(setup: Setup) -> tuple[RetrainingTriggers, FakeHost]:
+    """Triggers at 80% over 20 labels, and a host whose primary is at 70% over 20."""
+    setup.host.accuracy = 0.7
+    setup.host.add_labels(20)
+    return RetrainingTriggers(min_accuracy=0.8, last_labels=20), setup.host
+
+
 def test_low_accuracy_triggers_once_per_batch_of_new_labels(setup: Setup) -> None:
-    triggers = RetrainingTriggers(min_accuracy=0.8, last_labels=20)
-    host = setup.host
-    host.accuracy = 0.7
-    host.add_labels(20)
+    triggers, host = low_accuracy(setup)
 
     async def scenario() -> None:
         retrainer = setup.retrainer(policy(triggers=triggers, check_interval_s=60))
@@ -352,10 +356,7 @@ def test_numbers_read_while_the_deployment_changed_fire_nothing(setup: Setup) ->
 def test_a_manual_run_during_a_trigger_check_resets_the_count(setup: Setup) -> None:
     """The check counted its labels from before a manual run that ended meanwhile: the
     storm rule counts from that run's end, so nothing fires until new labels arrive."""
-    triggers = RetrainingTriggers(min_accuracy=0.8, last_labels=20)
-    host = setup.host
-    host.accuracy = 0.7
-    host.add_labels(20)
+    triggers, host = low_accuracy(setup)
 
     async def scenario() -> None:
         retrainer = setup.retrainer(policy(triggers=triggers, check_interval_s=60))
@@ -377,9 +378,7 @@ def test_a_manual_run_during_a_trigger_check_resets_the_count(setup: Setup) -> N
 def test_no_run_starts_once_stopped(setup: Setup) -> None:
     """After stop (the gateway shutting down) a manual request is refused and no
     scheduled or triggered run starts: none may outlive the ledger it writes to."""
-    triggers = RetrainingTriggers(min_accuracy=0.8, last_labels=20)
-    setup.host.accuracy = 0.7
-    setup.host.add_labels(20)
+    triggers, _ = low_accuracy(setup)
 
     async def scenario() -> None:
         retrainer = setup.retrainer(policy(triggers=triggers, check_interval_s=60))
