@@ -8,6 +8,7 @@ ledger runs in a worker thread, never on the event loop that answers inference.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,9 @@ from gateway.router import Router
 from greenroom_client.errors import Aborted, FailedPrecondition, InvalidArgument
 
 log = structlog.get_logger(__name__)
+
+# A deployment change that keeps losing to changes saved elsewhere gives up (ABORTED).
+CHANGE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,9 @@ class ControlPlane:
         # Raises when a version may not start watching traffic (gateway.governance sets it:
         # a model with validation checks needs a passing validation first).
         self.gate: Callable[[str, list[str]], Awaitable[None]] | None = None
+        # Each model's deployment as this process last saw it in the database (None: none
+        # stored): a save expects to find it still there.
+        self._stored: dict[str, dict[str, Any] | None] = {}
 
     # ---- deployments -------------------------------------------------------------------
 
@@ -111,15 +118,21 @@ class ControlPlane:
         """Stored deployments win over model.yaml defaults, if their versions still exist."""
         for name in self.router.models:
             stored = await asyncio.to_thread(self.ledger.deployment, name)
-            if stored is None:
-                continue
-            try:
-                deployment = Deployment.from_dict(stored)
-                deployment.validate(self.router.versions(name))
-            except Exception as exc:
-                log.error("stored deployment ignored", model=name, error=str(exc))
-                continue
-            self.router.set_deployment(deployment)
+            self._adopt_stored(name, stored)
+
+    def _adopt_stored(self, model: str, stored: dict[str, Any] | None) -> None:
+        """What the database holds for ``model``: remembered (the next save expects it)
+        and put in force unless it names versions that are gone."""
+        self._stored[model] = stored
+        if stored is None:
+            return
+        try:
+            deployment = Deployment.from_dict(stored)
+            deployment.validate(self.router.versions(model))
+        except Exception as exc:
+            log.error("stored deployment ignored", model=model, error=str(exc))
+            return
+        self.router.set_deployment(deployment)
 
     async def set_deployment(
         self, deployment: Deployment, reason: str, actor: str, kind: str = "deployment"
@@ -142,40 +155,51 @@ class ControlPlane:
         Changes are computed under the lock, not before it: a promotion and a retraining
         run's new shadow that arrive together both land, whichever waits for the other
         (computed from a copy read earlier, the second would silently undo the first).
-        Once its save has begun, a change finishes even if its caller is cancelled."""
+        The save checks that the database still holds what this process last saw there:
+        if another gateway (or worker) on the same database changed it meanwhile, that
+        deployment is taken up and the change applied to it instead (ABORTED after
+        ``CHANGE_ATTEMPTS`` such races). Once its save has begun, a change finishes even
+        if its caller is cancelled."""
         async with self.changes:
-            current = self.router.deployment(model)
-            deployment = change(current)
-            deployment.validate(self.router.versions(model))
-            before = {current.primary, *(s.version for s in current.shadows)}
-            after = [deployment.primary, *(s.version for s in deployment.shadows)]
-            new = [v for v in after if v not in before]
-            if new and self.gate is not None:
-                await self.gate(model, new)
-            await to_completion(
-                self._commit(current, deployment, reason, actor, kind=kind, new=new)
-            )
+            for _ in range(CHANGE_ATTEMPTS):
+                current = self.router.deployment(model)
+                deployment = change(current)
+                deployment.validate(self.router.versions(model))
+                before = {current.primary, *(s.version for s in current.shadows)}
+                after = [deployment.primary, *(s.version for s in deployment.shadows)]
+                new = [v for v in after if v not in before]
+                if new and self.gate is not None:
+                    await self.gate(model, new)
+                try:
+                    await to_completion(self._commit(deployment, reason, actor, kind, new))
+                    break
+                except DeploymentConflict as conflict:
+                    log.info("deployment changed elsewhere meanwhile", model=model)
+                    await self._take_up(model, conflict.stored)
+            else:
+                raise Aborted(
+                    f"the deployment of '{model}' kept changing elsewhere while this change "
+                    "was applied; nothing was changed: retry"
+                )
         log.info("deployment changed", model=model, reason=reason, actor=actor)
         return deployment
 
+    async def _take_up(self, model: str, stored: dict[str, Any] | None) -> None:
+        """A save found ``stored`` in the database, written by another gateway: adopt it
+        (``WorkerControlPlane`` first attaches the versions other workers registered)."""
+        self._adopt_stored(model, stored)
+
     async def _commit(
-        self, current: Deployment, deployment: Deployment, reason: str, actor: str, *,
-        kind: str, new: list[str],
-    ) -> None:  # fmt: skip
-        """Saved, then in force: both or (if the save fails) neither. The save checks that
-        the stored deployment is still ``current``: another gateway (or worker) on the same
-        database may have changed it, and this change was computed without that one."""
-        try:
-            await asyncio.to_thread(
-                self.ledger.save_deployment, deployment.model, deployment.as_dict(), reason,
-                actor, kind=kind, version=new[0] if new else deployment.primary,
-                expected=current.as_dict(),
-            )  # fmt: skip
-        except DeploymentConflict as conflict:
-            raise Aborted(
-                f"the deployment of '{deployment.model}' was changed by another gateway "
-                f"meanwhile (now {conflict.stored}); nothing was changed: read it and retry"
-            ) from None
+        self, deployment: Deployment, reason: str, actor: str, kind: str, new: list[str]
+    ) -> None:
+        """Saved, then in force: both or (if the save fails) neither."""
+        spec = deployment.as_dict()
+        await asyncio.to_thread(
+            self.ledger.save_deployment, deployment.model, spec, reason, actor,
+            kind=kind, version=new[0] if new else deployment.primary,
+            check=True, expected=self._stored.get(deployment.model),
+        )  # fmt: skip
+        self._stored[deployment.model] = spec
         self.router.set_deployment(deployment)
 
     async def promote(
@@ -209,13 +233,19 @@ class ControlPlane:
 
     # ---- feedback ----------------------------------------------------------------------
 
-    async def feedback(self, model: str, items: list[tuple[str, int, str]]) -> FeedbackResult:
+    async def feedback(
+        self, model: str, items: list[tuple[str, int, str]], first: int = 0
+    ) -> FeedbackResult:
         """Store the items in one transaction, all or none (INVALID_ARGUMENT naming the
         first bad item by its index in ``items``). A regression's truths must be finite
         numbers; a classifier's labels are free text (its classes are not always known)."""
         numeric = self.task(model) == "regression"  # NOT_FOUND for an unknown model
         try:
-            return await asyncio.to_thread(self.ledger.add_feedback, model, items, numeric=numeric)
+            return await asyncio.to_thread(
+                functools.partial(
+                    self.ledger.add_feedback, model, items, numeric=numeric, first=first
+                )
+            )
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
 

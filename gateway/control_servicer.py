@@ -17,7 +17,7 @@ from gateway.ledger import FeedbackResult
 from gateway.ledger.ledger import MAX_FEEDBACK_ITEMS
 from gateway.ledger.records import JournalEntry
 from gateway.servicer import edge
-from greenroom_client.errors import InvalidArgument
+from greenroom_client.errors import GreenroomError, InvalidArgument
 from greenroom_proto.greenroom.v1 import control_pb2 as cpb
 from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
 
@@ -183,11 +183,15 @@ class FeedbackServicer(cpb_grpc.FeedbackServicer):
     async def StreamFeedback(
         self, requests: AsyncIterator[cpb.FeedbackBatch], _: Any
     ) -> cpb.FeedbackResult:
-        """The whole stream is one call: its items are collected (up to the ledger's limit)
-        and stored in one transaction, all or none; an error names the item by its index
-        in the whole stream."""
+        """Up to ``MAX_FEEDBACK_ITEMS`` items, the stream is one call: collected and stored
+        in one transaction, all or none. A longer one is stored in parts of that many, in
+        order, each all or none (one transaction may not hold SQLite's write lock for
+        long); an error then says how many items the parts before it stored. Errors name
+        items by their index in the whole stream."""
         model: str | None = None
         items: list[tuple[str, int, str]] = []
+        stored = 0
+        total = FeedbackResult(0, 0, 0, 0)
         number = -1
         async for batch in requests:
             number += 1
@@ -195,19 +199,41 @@ class FeedbackServicer(cpb_grpc.FeedbackServicer):
                 model = batch.model
                 self.control.router.model(model)  # NOT_FOUND now, not after the stream
             elif batch.model != model:
-                raise InvalidArgument(
+                raise _after(stored, InvalidArgument(
                     f"feedback batch {number} is for model {batch.model!r} but the stream's "
                     f"first batch is for {model!r}: one stream carries one model's feedback"
-                )
-            if len(items) + len(batch.items) > MAX_FEEDBACK_ITEMS:
-                raise InvalidArgument(
-                    f"feedback: more than {MAX_FEEDBACK_ITEMS} items in one stream: "
-                    "send them in several calls (nothing was stored)"
-                )
+                ))  # fmt: skip
             items.extend(_items(batch))
-        if model is None:
-            return cpb.FeedbackResult()
-        return _result_to_pb(await self.control.feedback(model, items))
+            while len(items) >= MAX_FEEDBACK_ITEMS:
+                part, items = items[:MAX_FEEDBACK_ITEMS], items[MAX_FEEDBACK_ITEMS:]
+                total = _plus(total, await self._part(model, part, stored))
+                stored += len(part)
+        if model is not None and items:
+            total = _plus(total, await self._part(model, items, stored))
+        return _result_to_pb(total)
+
+    async def _part(
+        self, model: str, items: list[tuple[str, int, str]], stored: int
+    ) -> FeedbackResult:
+        try:
+            return await self.control.feedback(model, items, first=stored)
+        except GreenroomError as exc:
+            raise _after(stored, exc) from None
+
+
+def _after(stored: int, exc: GreenroomError) -> GreenroomError:
+    """``exc``, saying what the stream's earlier parts stored, if any."""
+    if stored:
+        exc.message += f" (the first {stored} items of this stream were stored; nothing after)"
+        exc.args = (exc.message,)
+    return exc
+
+
+def _plus(a: FeedbackResult, b: FeedbackResult) -> FeedbackResult:
+    return FeedbackResult(
+        a.accepted + b.accepted, a.matched + b.matched,
+        a.unmatched + b.unmatched, a.duplicates + b.duplicates,
+    )  # fmt: skip
 
 
 class EvaluationServicer(cpb_grpc.EvaluationServicer):

@@ -220,24 +220,22 @@ class Governor:
         reference = parse_csv(reference_csv) if reference_csv else None
         record, new = await to_completion(
             self._register(
-                model, version, filename, data, metadata=metadata, reason=reason, actor=actor
+                model, version, filename, data, metadata=metadata, reason=reason, actor=actor,
+                reference=reference,
             )
-        )
-        if reference is not None:
-            await self._save_reference(
-                model, record.version, *reference, source="registration", actor=actor
-            )
+        )  # fmt: skip
         log.info("version registered", model=model, version=record.version, new_model=new)
         return record
 
     async def _register(
         self, model: str, version: str | None, filename: str, data: bytes, *,
         metadata: dict[str, Any], reason: str, actor: str,
+        reference: tuple[tuple[str, ...], list[list[Any]]] | None,
     ) -> tuple[VersionRecord, bool]:  # fmt: skip
-        """Run to completion whatever happens to the caller: a registration cancelled
-        between its steps would leave a record without its directory, or a directory
-        without its record, and every later registration of the model would collide
-        with it. Returns the record and whether the model is new."""
+        """Run to completion whatever happens to the caller, its drift reference included:
+        a registration cancelled between its steps would leave a record without its
+        directory, or a directory without its record, and every later registration of
+        the model would collide with it. Returns the record and whether the model is new."""
         async with self.control.changes:
             new = model not in self.router.models
             entry = (
@@ -255,6 +253,10 @@ class Governor:
             self._serve(entry, version_entry, backend, new=new)
             if self.announce is not None:
                 await self.announce()
+        if reference is not None:
+            await self._save_reference(
+                model, record.version, *reference, source="registration", actor=actor
+            )
         return record, new
 
     async def _load(

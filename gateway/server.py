@@ -22,7 +22,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway import registry
+from gateway import completion, registry
 from gateway.control import ControlPlane
 from gateway.control_servicer import CONTROL_SERVICES, add_control_servicers
 from gateway.governance import Governor
@@ -190,6 +190,7 @@ class Gateway:
         await self.promoter.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_s)
+        await completion.drain(self.settings.shutdown_grace_s)
         await self.shadows.drain(timeout=self.settings.shadow_deadline_s)
         await asyncio.to_thread(self.ledger.stop)
         await self.fleet.stop()

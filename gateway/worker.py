@@ -53,7 +53,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from gateway import local_rpc, logs
+from gateway import completion, local_rpc, logs
 from gateway.control import ControlPlane, Report
 from gateway.decision import Decision, Policy
 from gateway.deployments import Deployment
@@ -80,7 +80,7 @@ from gateway.supervisor import (
     RunnerState,
     StartupFailed,
 )
-from greenroom_client.errors import Aborted, FailedPrecondition, GreenroomError, Unavailable
+from greenroom_client.errors import FailedPrecondition, GreenroomError, Unavailable
 
 if TYPE_CHECKING:
     from gateway.tracing import GatewayTracing
@@ -97,8 +97,6 @@ PEER_CALL_TIMEOUT_S = PEER_FLUSH_TIMEOUT_S + 2.0
 # Deployment changes made by another worker (or another gateway on the same PostgreSQL)
 # are also noticed by polling a change counter this often: the safety net under Reload.
 DEPLOYMENT_POLL_S = 0.5
-# A deployment change that keeps losing to changes through other workers gives up (ABORTED).
-CHANGE_ATTEMPTS = 5
 # How often a worker looks again at a runner that is not READY (it comes back fast).
 ATTACH_RETRY_S = 0.1
 PARENT_POLL_S = 0.5
@@ -396,9 +394,10 @@ class WorkerControlPlane(ControlPlane):
       and each is saved exactly once. A worker that missed the call (it was restarting)
       reads the deployments when it starts, and every worker also polls a change counter
       every ``DEPLOYMENT_POLL_S``. Every change re-reads first and is saved only if the
-      stored deployment is still the one it was computed from; if another worker saved
-      first, it re-reads and applies itself to that one (up to ``CHANGE_ATTEMPTS``
-      times), so that concurrent changes through different workers all land.
+      stored deployment is still the one this worker last saw; if another worker saved
+      first, it takes that one up and applies itself to it
+      (``ControlPlane.change_deployment``), so that concurrent changes through different
+      workers all land.
     - **Feedback, report, decide** first ask every other worker to write the answers it
       has queued (``Sync``) and wait for them (up to ``PEER_FLUSH_TIMEOUT_S`` each, as the
       single gateway waits for its own writer): they see every answer that any worker had
@@ -461,22 +460,23 @@ class WorkerControlPlane(ControlPlane):
         kind: str = "deployment",
     ) -> Deployment:
         self.router.model(model)
-        for attempt in range(CHANGE_ATTEMPTS):
-            await self.reload()  # the change applies to what the other workers committed
-            try:
-                changed = await super().change_deployment(model, change, reason, actor, kind)
-                break
-            except Aborted:  # another worker saved first: apply the change to theirs
-                log.info("deployment change raced another worker", model=model, attempt=attempt)
-                if attempt == CHANGE_ATTEMPTS - 1:
-                    raise
-        await self.peers.reload()
-        return changed
+        await self.reload()  # the change applies to what the other workers committed
+        try:
+            return await super().change_deployment(model, change, reason, actor, kind)
+        finally:  # also when cancelled after its save: the others see it at once
+            await self.peers.reload()
 
-    async def feedback(self, model: str, items: list[tuple[str, int, str]]) -> FeedbackResult:
+    async def _take_up(self, model: str, stored: dict[str, Any] | None) -> None:
+        """Another worker saved first, maybe with a version registered through it."""
+        await self._adopt()
+        await super()._take_up(model, stored)
+
+    async def feedback(
+        self, model: str, items: list[tuple[str, int, str]], first: int = 0
+    ) -> FeedbackResult:
         self.router.model(model)
         await self.peers.sync(model)
-        return await super().feedback(model, items)
+        return await super().feedback(model, items, first)
 
     async def report(self, model: str, since_s: float) -> Report:
         self.router.model(model)
@@ -642,6 +642,7 @@ class Worker:
         self.follower.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_s)
+        await completion.drain(self.settings.shutdown_grace_s)
         await self.shadows.drain(timeout=self.settings.shadow_deadline_s)
         await asyncio.to_thread(self.ledger.stop)
         if self.refresher is not None:

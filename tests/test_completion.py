@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.completion import to_completion
+from gateway.completion import drain, to_completion
 
 
 def test_a_cancelled_caller_waits_for_the_work_then_is_cancelled() -> None:
@@ -56,6 +56,27 @@ def test_work_that_is_itself_cancelled_cancels_the_caller() -> None:
         caller = asyncio.create_task(to_completion(work))
         await asyncio.sleep(0.01)
         work.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_drains_work_whose_caller_left() -> None:
+    """grpc.aio's server.stop does not wait for it: the gateway's stop does, before it
+    stops the ledger the work writes to."""
+    finished: list[str] = []
+
+    async def work() -> None:
+        await asyncio.sleep(0.2)
+        finished.append("saved")
+
+    async def scenario() -> None:
+        caller = asyncio.create_task(to_completion(work()))
+        await asyncio.sleep(0.01)
+        caller.cancel()
+        await drain(timeout=5.0)
+        assert finished == ["saved"]
         with pytest.raises(asyncio.CancelledError):
             await caller
 

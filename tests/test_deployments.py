@@ -20,7 +20,6 @@ from gateway.shadow import ShadowFanout
 from gateway.worker import Peers, WorkerControlPlane
 from greenroom_client.control import ControlClient
 from greenroom_client.errors import (
-    Aborted,
     FailedPrecondition,
     InvalidArgument,
     VersionNotFound,
@@ -259,19 +258,39 @@ def test_changes_through_two_workers_both_land(tmp_path: Path) -> None:
         worker.ledger.stop(5.0)
 
 
-def test_a_change_computed_before_another_gateways_is_refused(tmp_path: Path) -> None:
-    """Two gateways on one database (PostgreSQL for several gateways): a change computed
-    from a deployment another gateway has since replaced is ABORTED, nothing saved."""
+def test_a_change_lands_on_what_another_gateway_saved_meanwhile(tmp_path: Path) -> None:
+    """Two gateways on one database (PostgreSQL for several gateways): the second one's
+    copy is stale; its save finds the other's deployment, takes it up and applies its
+    change to it, instead of undoing it (or refusing forever)."""
     first = _control_plane(tmp_path)
     other = ControlPlane(Router(scan(tmp_path / "repo"), {}), first.ledger)
     other.router.set_deployment(first.router.deployment("m"))
 
     async def scenario() -> None:
         await first.promote("m", "2", "it won", 1.0, "api")
-        with pytest.raises(Aborted, match="changed by another gateway meanwhile"):
-            await other.change_deployment("m", lambda d: d.with_shadow("3", 1.0), "x", "api")
+        await other.change_deployment("m", lambda d: d.with_shadow("3", 1.0), "x", "api")
 
     asyncio.run(scenario())
-    assert first.ledger.deployment("m") == Deployment("m", "2", None, (Shadow("1", 1.0),)).as_dict()
-    assert other.router.deployment("m") == Deployment("m", "1", None, (Shadow("2", 1.0),))
+    final = Deployment("m", "2", None, (Shadow("1", 1.0), Shadow("3", 1.0)))
+    assert other.router.deployment("m") == final
+    assert first.ledger.deployment("m") == final.as_dict()
     first.ledger.stop(5.0)
+
+
+def test_a_stored_deployment_that_no_longer_fits_is_replaced_not_a_deadlock(
+    tmp_path: Path,
+) -> None:
+    """A stored deployment naming a version that is gone is ignored at start (model.yaml's
+    default serves); the next change replaces it, it does not conflict with it forever."""
+    control = _control_plane(tmp_path)
+    gone: dict[str, Any] = {"model": "m", "primary": "9", "canary": None, "shadows": []}
+    control.ledger.save_deployment("m", gone, "a version since removed")
+
+    async def scenario() -> None:
+        await control.restore()
+        assert control.router.deployment("m") == Deployment("m", "1", None, (Shadow("2", 1.0),))
+        await control.set_deployment(Deployment("m", "1"), "fresh start", "api")
+
+    asyncio.run(scenario())
+    assert control.ledger.deployment("m") == Deployment("m", "1").as_dict()
+    control.ledger.stop(5.0)

@@ -19,7 +19,6 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 from gateway.evaluation import Scored, evaluate
-from greenroom_client import control as client_control
 from greenroom_client.control import ControlClient
 from greenroom_client.errors import InvalidArgument
 from greenroom_proto.greenroom.v1 import control_pb2 as cpb
@@ -204,39 +203,27 @@ def test_a_raw_stream_is_all_or_nothing_and_of_one_model(
     assert stub.StreamFeedback(iter([]), timeout=30) == cpb.FeedbackResult()
 
 
-def test_a_stream_over_the_limit_is_refused_before_anything_is_stored(
-    feedback_gateway: GatewayProcess, channel: grpc.Channel
+def test_a_stream_over_the_limit_is_stored_in_parts_and_says_what_it_stored(
+    feedback_gateway: GatewayProcess,
 ) -> None:
-    item = cpb.FeedbackItem(request_id="limit-x", row=0, label="1")
-    one = cpb.FeedbackBatch(model="churn", items=[item] * 10_000)
-    batches = [one] * (MAX_FEEDBACK_ITEMS // 10_000 + 1)
-    refused(
-        lambda: cpb_grpc.FeedbackStub(channel).StreamFeedback(iter(batches), timeout=120),
-        f"more than {MAX_FEEDBACK_ITEMS} items in one stream",
-        "nothing was stored",
-    )
-    assert stored(feedback_gateway, "limit-") == []
-
-
-def test_the_client_sends_more_items_than_a_call_takes_as_several_calls(
-    feedback_gateway: GatewayProcess, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each call is all or nothing; an error in a later one says what the earlier stored.
-    (The call size is lowered here so that the test stays small.)"""
-    monkeypatch.setattr(client_control, "FEEDBACK_CALL", 1000)
-    items = [(f"calls-{i}", 0, "1") for i in range(2500)]
-    items[2100] = ("", 0, "1")
-    with ControlClient(feedback_gateway.target) as control:
+    """Past MAX_FEEDBACK_ITEMS a stream is stored in parts of that many, each all or
+    none (the clients of every language stream, and one transaction may not hold
+    SQLite's write lock for long); an error says what the parts before it stored."""
+    items = [(f"parts-{i}", 0, "1") for i in range(MAX_FEEDBACK_ITEMS + 2500)]
+    bad = MAX_FEEDBACK_ITEMS + 1000
+    items[bad] = ("", 0, "1")
+    with ControlClient(feedback_gateway.target, timeout=120) as control:
         with pytest.raises(InvalidArgument) as info:
             control.feedback("churn", items)
-        assert info.value.message.startswith("feedback item 100: request_id is empty")
-        assert "in items 2000..2499, counted from 2000" in info.value.message
-        assert "items 0..1999 were stored by the calls before" in info.value.message
-        assert len(stored(feedback_gateway, "calls-")) == 2000
-        items[2100] = ("calls-2100", 0, "1")
+        assert info.value.message == (
+            f"feedback item {bad}: request_id is empty (the first {MAX_FEEDBACK_ITEMS} "
+            "items of this stream were stored; nothing after)"
+        )
+        assert len(stored(feedback_gateway, "parts-")) == MAX_FEEDBACK_ITEMS
+        items[bad] = (f"parts-{bad}", 0, "1")
         result = control.feedback("churn", items)  # sending it all again is harmless
-    assert (result["accepted"], result["duplicates"]) == (2500, 2000)
-    assert len(stored(feedback_gateway, "calls-")) == 2500
+    assert (result["accepted"], result["duplicates"]) == (len(items), MAX_FEEDBACK_ITEMS)
+    assert len(stored(feedback_gateway, "parts-")) == len(items)
 
 
 # -- 3. a regression's truths are finite numbers ----------------------------------------------

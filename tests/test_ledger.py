@@ -865,10 +865,16 @@ def test_a_deployment_saved_against_a_stale_copy_is_refused(url: str) -> None:
     second.start()
     try:
         base = {"primary": "1", "shadows": []}
-        first.save_deployment("m", base, "initial", expected=base)  # none stored: accepted
-        first.save_deployment("m", {"primary": "2", "shadows": []}, "promote", expected=base)
+        with pytest.raises(store.DeploymentConflict):  # none is stored yet
+            first.save_deployment("m", base, "initial", check=True, expected=base)
+        first.save_deployment("m", base, "initial", check=True, expected=None)
+        first.save_deployment(
+            "m", {"primary": "2", "shadows": []}, "promote", check=True, expected=base
+        )
         with pytest.raises(store.DeploymentConflict) as conflict:
-            second.save_deployment("m", {"primary": "1", "shadows": ["3"]}, "x", expected=base)
+            second.save_deployment(
+                "m", {"primary": "1", "shadows": ["3"]}, "x", check=True, expected=base
+            )
         assert conflict.value.stored == {"primary": "2", "shadows": []}
         assert second.deployment("m") == {"primary": "2", "shadows": []}
         assert [h.reason for h in second.history("m")] == ["initial", "promote"]

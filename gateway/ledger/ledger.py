@@ -138,7 +138,12 @@ class Ledger:
     # -- feedback -----------------------------------------------------------------------
 
     def add_feedback(
-        self, model: str, items: Sequence[tuple[str, int, str]], *, numeric: bool = False
+        self,
+        model: str,
+        items: Sequence[tuple[str, int, str]],
+        *,
+        numeric: bool = False,
+        first: int = 0,
     ) -> FeedbackResult:
         """Validate the whole batch first (nothing is stored if any item is bad), then
         upsert it. ``numeric``: the model is a regression, so every truth must be a finite
@@ -146,10 +151,11 @@ class Ledger:
         sent right after an answer counts as matched (an item matches when an answer to its
         request id, OK or failed, has more rows than its row index). An item whose request
         id has a recorded answer without that row is refused (it could never join); truth
-        for an id not recorded yet is kept and joins when an answer with that row comes."""
-        _validate_feedback(model, items, numeric=numeric)
+        for an id not recorded yet is kept and joins when an answer with that row comes.
+        ``first``: the index of ``items[0]`` in the caller's whole call, for messages."""
+        _validate_feedback(model, items, numeric=numeric, first=first)
         self.flush(FEEDBACK_FLUSH_TIMEOUT_S)
-        return self._store.add_feedback(model, items, time.time())
+        return self._store.add_feedback(model, items, time.time(), first=first)
 
     # -- evaluation reads ---------------------------------------------------------------
 
@@ -189,14 +195,15 @@ class Ledger:
         *,
         kind: str = "deployment",
         version: str | None = None,
+        check: bool = False,
         expected: dict[str, Any] | None = None,
     ) -> None:
         """Replace the current deployment and append to its history and to the journal
-        (as ``kind``, about ``version``), atomically; with ``expected``, only if the
-        stored one is still that (else ``store.DeploymentConflict``)."""
+        (as ``kind``, about ``version``), atomically; with ``check``, only if the stored
+        one is still ``expected`` (else ``store.DeploymentConflict``)."""
         self._store.save_deployment(
             model, spec, reason, actor, now=time.time(), kind=kind, version=version,
-            expected=expected,
+            check=check, expected=expected,
         )  # fmt: skip
 
     def deployment(self, model: str) -> dict[str, Any] | None:
@@ -217,7 +224,7 @@ class Ledger:
 
 
 def _validate_feedback(
-    model: str, items: Sequence[tuple[str, int, str]], *, numeric: bool = False
+    model: str, items: Sequence[tuple[str, int, str]], *, numeric: bool = False, first: int = 0
 ) -> None:
     """Raise ValueError naming the first bad item (by index) so a client can fix its file."""
     if not model:
@@ -230,7 +237,7 @@ def _validate_feedback(
     for index, item in enumerate(items):
         problem = _feedback_problem(item, numeric)
         if problem:
-            raise ValueError(f"feedback item {index}: {problem}")
+            raise ValueError(f"feedback item {first + index}: {problem}")
 
 
 def _feedback_problem(item: object, numeric: bool) -> str | None:

@@ -188,7 +188,7 @@ class Store:
     # -- feedback ---------------------------------------------------------------------
 
     def add_feedback(
-        self, model: str, items: Sequence[tuple[str, int, str]], now: float
+        self, model: str, items: Sequence[tuple[str, int, str]], now: float, first: int = 0
     ) -> FeedbackResult:
         """Upsert validated items (last wins) and say how each one landed, in one
         transaction. ValueError (nothing stored) when an item names a row that the recorded
@@ -202,7 +202,7 @@ class Store:
             latest[(request_id, row)] = truth
         with self.engine.begin() as connection:
             answered = _answered_rows(connection, model, {request_id for request_id, _ in latest})
-            _check_rows(items, answered)
+            _check_rows(items, answered, first)
             known = _existing_keys(connection, model, latest)
             _upsert_feedback(connection, model, latest, now)
         matched = sum(row < answered.get(request_id, 0) for request_id, row, _ in items)
@@ -225,17 +225,18 @@ class Store:
         now: float,
         kind: str = "deployment",
         version: str | None = None,
+        check: bool = False,
         expected: dict[str, Any] | None = None,
     ) -> None:
         """Current state, its history entry and its journal entry change together or not
-        at all. ``expected``: the deployment the change was computed from; if another
-        writer stored a different one meanwhile, DeploymentConflict and nothing is saved
-        (none stored yet counts as expected: the model.yaml default everyone starts from)."""
+        at all. ``check``: only if the stored deployment is still ``expected`` (None: none
+        stored), what the writer last saw; if another writer stored a different one
+        meanwhile, DeploymentConflict and nothing is saved."""
         text = json.dumps(spec, sort_keys=True)
         with self.engine.begin() as connection:
-            if expected is not None:
+            if check:
                 stored = _locked_deployment(connection, model)
-                if stored is not None and stored != expected:
+                if stored != expected:
                     raise DeploymentConflict(model, stored)
             insert = _dialect_insert(connection, deployments)
             connection.execute(
@@ -529,7 +530,7 @@ def _answered_rows(
 class DeploymentConflict(Exception):
     """The stored deployment is not the one a change was computed from."""
 
-    def __init__(self, model: str, stored: dict[str, Any]) -> None:
+    def __init__(self, model: str, stored: dict[str, Any] | None) -> None:
         super().__init__(f"the deployment of '{model}' changed meanwhile: {stored}")
         self.stored = stored
 
@@ -551,20 +552,22 @@ def _locked_deployment(connection: sa.Connection, model: str) -> dict[str, Any] 
     return None if text is None else dict(json.loads(text))
 
 
-def _check_rows(items: Sequence[tuple[str, int, str]], answered: dict[str, int]) -> None:
+def _check_rows(
+    items: Sequence[tuple[str, int, str]], answered: dict[str, int], first: int = 0
+) -> None:
     """ValueError naming the first item that can never join: its recorded answer has no
     such row, or (no answer yet) no answer can have it."""
     for index, (request_id, row, _) in enumerate(items):
         rows = answered.get(request_id)
         if rows is not None and row >= rows:
             raise ValueError(
-                f"feedback item {index}: row {row} is out of range: the recorded answer to "
+                f"feedback item {first + index}: row {row} is out of range: the recorded answer to "
                 f"request {request_id!r} has {rows} row{'' if rows == 1 else 's'} "
                 f"(rows are numbered from 0)"
             )
         if row > MAX_FEEDBACK_ROW:
             raise ValueError(
-                f"feedback item {index}: row {row} is beyond any answer "
+                f"feedback item {first + index}: row {row} is beyond any answer "
                 f"(rows are numbered up to {MAX_FEEDBACK_ROW})"
             )
 

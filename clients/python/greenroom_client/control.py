@@ -24,9 +24,6 @@ from greenroom_proto.greenroom.v1 import control_pb2 as cpb
 from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
 
 T = TypeVar("T")
-# Items per feedback call: the gateway stores a call in one transaction and takes up to
-# 100,000 (gateway.ledger.ledger.MAX_FEEDBACK_ITEMS).
-FEEDBACK_CALL = 100_000
 FEEDBACK_BATCH = 1000
 
 
@@ -209,26 +206,20 @@ class ControlClient(SyncChannel):
 
     def feedback(self, model: str, items: Sequence[tuple[str, int, str]]) -> dict[str, int]:
         """Ground truth for (request id, row, label) items, streamed in batches. Up to
-        ``FEEDBACK_CALL`` items are one call, stored all or (InvalidArgument naming the
-        first bad item by its index) none; more are sent as several such calls in order,
-        and an error in a later one says how many items the calls before it stored
-        (sending them again is harmless: a label sent twice keeps the last one)."""
-        totals = {"accepted": 0, "matched": 0, "unmatched": 0, "duplicates": 0}
-        for start in range(0, len(items), FEEDBACK_CALL):
-            part = items[start : start + FEEDBACK_CALL]
-            try:
-                reply = self._feedback.StreamFeedback(_batches(part, model), timeout=self._timeout)
-            except grpc.RpcError as exc:
-                message = exc.details() or ""
-                if start:
-                    message += (
-                        f" (in items {start}..{start + len(part) - 1}, counted from {start}; "
-                        f"items 0..{start - 1} were stored by the calls before)"
-                    )
-                raise from_status(exc.code().name, message) from exc
-            for key in totals:
-                totals[key] += getattr(reply, key)
-        return totals
+        100,000 items are stored all or (InvalidArgument naming the first bad item by its
+        index) none; more are stored in parts of 100,000 in order, and an error in a later
+        part says how many items the parts before it stored (sending them again is
+        harmless: a label sent twice keeps the last one)."""
+        try:
+            reply = self._feedback.StreamFeedback(_batches(items, model), timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise from_status(exc.code().name, exc.details() or "") from exc
+        return {
+            "accepted": reply.accepted,
+            "matched": reply.matched,
+            "unmatched": reply.unmatched,
+            "duplicates": reply.duplicates,
+        }
 
     def report(self, model: str, since_seconds: float = 0.0) -> dict[str, Any]:
         request = cpb.ReportRequest(model=model, since_seconds=since_seconds)
