@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +19,14 @@ import structlog
 from gateway.completion import to_completion
 from gateway.decision import Decision, ErrorPair, Guardrails, Pair, PairCounts, Policy, decide
 from gateway.deployments import Deployment
-from gateway.evaluation import Accumulator, Scored, Task, VersionMetrics, evaluate
+from gateway.evaluation import (
+    Accumulator,
+    Scored,
+    Task,
+    VersionMetrics,
+    evaluate,
+    finite_number,
+)
 from gateway.ledger import FeedbackResult, LabelledRow, Ledger, LedgerStats, PairedRow
 from gateway.ledger.records import JournalEntry
 from gateway.ledger.store import DeploymentConflict
@@ -53,7 +59,7 @@ def _scored(row: LabelledRow, task: Task) -> Scored:
     predicted: str | float | None = row.label if task == "classification" else row.value
     truth: str | float | None = row.truth
     if task == "regression" and row.truth is not None:
-        truth = _number(row.truth)
+        truth = finite_number(row.truth)
     # Probabilities without class names cannot be scored (no log loss then).
     known = row.classes is not None and row.probabilities is not None
     return Scored(
@@ -66,20 +72,10 @@ def _scored(row: LabelledRow, task: Task) -> Scored:
     )
 
 
-def _number(text: str) -> float | None:
-    """A regression truth, or None for one that is not a finite number (such truths are
-    refused now, but a ledger may hold them from before)."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _pair(row: PairedRow, task: Task) -> Pair | ErrorPair | None:
     if task == "classification":
         return Pair(row.primary_label == row.truth, row.candidate_label == row.truth)
-    truth = _number(row.truth)
+    truth = finite_number(row.truth)
     if truth is None or row.primary_value is None or row.candidate_value is None:
         return None
     return ErrorPair(abs(row.primary_value - truth), abs(row.candidate_value - truth))

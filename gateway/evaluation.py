@@ -81,12 +81,13 @@ def abs_error(row: Scored) -> float | None:
     truth that is not a finite number)."""
     if not row.labelled:
         return None
-    truth = _finite_truth(row.truth)
+    truth = finite_number(row.truth)
     return None if truth is None else abs(_number(row.predicted) - truth)
 
 
-def _finite_truth(truth: str | float | None) -> float | None:
-    """A regression truth as a finite number, else None (no number, NaN, infinite)."""
+def finite_number(truth: str | float | None) -> float | None:
+    """A regression truth as a finite number, else None (no number, NaN, infinite): the
+    one reading of truth text, shared by feedback's check and the promotion test."""
     try:
         value = _number(truth)
     except ValueError:
@@ -187,7 +188,7 @@ class Accumulator:
         if not row.labelled:
             return
         if self.task == "regression":
-            known = _finite_truth(row.truth)
+            known = finite_number(row.truth)
             if known is None:  # no usable truth: the row stays unlabelled
                 return
             self.labelled += 1

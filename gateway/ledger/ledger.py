@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from gateway.evaluation import finite_number
 from gateway.ledger.governance import Governance, input_params
 from gateway.ledger.records import (
     Answer,
@@ -250,17 +250,9 @@ def _feedback_problem(item: object, numeric: bool) -> str | None:
         return f"row must be a non-negative integer, got {row!r}"
     if not isinstance(truth, str) or not truth:
         return "truth is empty"
-    if numeric and not _finite_number(truth):
+    if numeric and finite_number(truth) is None:
         return f"truth {truth!r} is not a finite number, and the model is a regression"
     return None
-
-
-def _finite_number(text: str) -> bool:
-    """Whether ``text`` is a number the evaluation can score (it reads truth the same way)."""
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
 
 
 def prepare_item(
