@@ -18,10 +18,12 @@ MODEL_NAME = "bench-logreg"
 # The same data as LightGBM, served by the Python runner (joblib) and the Go runner
 # (model.txt): the foreign runner measured against the Python one on one model.
 LGBM_NAME = "bench-lgbm"
-# A 100-tree random forest on the same data, served by three Python runners: dynamic
-# batching as configured by default (merging what queued while the model ran), with a
-# queue delay as Triton's dynamic batcher is usually set up (requests wait up to
-# FOREST_QUEUE_DELAY_US for batch-mates), and off (``runner: {max_batch_size: 0}``).
+# A 100-tree random forest on the same data, served by three Python runners that run
+# scikit-learn's own predict (``runner.lean: false``): dynamic batching as configured by
+# default (merging what queued while the model ran), with a queue delay as Triton's
+# dynamic batcher is usually set up (requests wait up to FOREST_QUEUE_DELAY_US for
+# batch-mates), and off (``max_batch_size: 0``); and by a fourth with the default
+# settings, which serves it without scikit-learn (runners.tree_kernels).
 FOREST_NAME = "bench-rf"
 FOREST_TREES = 100
 FOREST_QUEUE_DELAY_US = 2000
@@ -84,19 +86,25 @@ def train_lightgbm(python_repo: Path, go_repo: Path) -> None:
     model.booster_.save_model(str(go_repo / LGBM_NAME / MODEL_VERSION / "model.txt"))
 
 
-def train_forest(batched_repo: Path, queued_repo: Path, unbatched_repo: Path) -> None:
-    """One RandomForestClassifier in three repositories: batching by default, with a
-    queue delay, and off."""
+def train_forest(
+    batched_repo: Path, queued_repo: Path, unbatched_repo: Path, lean_repo: Path
+) -> None:
+    """One RandomForestClassifier in four repositories: scikit-learn with batching by
+    default, with a queue delay, and off; and the default settings (numpy kernels)."""
     features, labels = _dataset()
     model = RandomForestClassifier(n_estimators=FOREST_TREES, random_state=0)
     model.fit(features, labels)
-    for repo in (batched_repo, queued_repo, unbatched_repo):
+    for repo in (batched_repo, queued_repo, unbatched_repo, lean_repo):
         (repo / FOREST_NAME / MODEL_VERSION).mkdir(parents=True)
         joblib.dump(model, repo / FOREST_NAME / MODEL_VERSION / "model.joblib")
-    (queued_repo / FOREST_NAME / "model.yaml").write_text(
-        f"runner: {{max_batch_size: 256, max_queue_delay_us: {FOREST_QUEUE_DELAY_US}}}\n"
-    )
-    (unbatched_repo / FOREST_NAME / "model.yaml").write_text("runner: {max_batch_size: 0}\n")
+    yaml = {
+        batched_repo: "runner: {lean: false}\n",
+        queued_repo: "runner: {lean: false, max_batch_size: 256, "
+        f"max_queue_delay_us: {FOREST_QUEUE_DELAY_US}}}\n",
+        unbatched_repo: "runner: {lean: false, max_batch_size: 0}\n",
+    }
+    for repo, text in yaml.items():
+        (repo / FOREST_NAME / "model.yaml").write_text(text)
 
 
 def infer_request(rows: int, seed: int = 0, model: str = MODEL_NAME) -> pb.ModelInferRequest:

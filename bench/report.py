@@ -24,9 +24,11 @@ NO_LEDGER, SHADOW = "gateway-no-ledger", "gateway-shadow"
 GRPC_HOP = "gateway-grpc-hop"
 # One LightGBM model served by the Python runner and by the Go runner.
 LGBM_PY, LGBM_GO = "runner-lgbm-py", "runner-lgbm-go"
-# A 100-tree random forest, Python runner: dynamic batching by default, with a queue
-# delay (bench/payloads.py FOREST_QUEUE_DELAY_US), and off.
+# A 100-tree random forest, Python runner running scikit-learn: dynamic batching by
+# default, with a queue delay (bench/payloads.py FOREST_QUEUE_DELAY_US), and off; and the
+# default runner, which serves it with numpy kernels (runners.tree_kernels).
 FOREST_ON, FOREST_QUEUED, FOREST_OFF = "runner-rf-batch", "runner-rf-queued", "runner-rf-nobatch"
+FOREST_LEAN = "runner-rf-lean"
 # The peer (`make bench-peers`): MLServer on the same joblib model.
 MLSERVER = "mlserver"
 # The in-process lane (issue 5, Build item 5): the gateway running the model itself.
@@ -80,6 +82,8 @@ class Results:
     failed: list[str] = field(default_factory=list)
     rss: dict[str, Any] = field(default_factory=dict)
     ledger_rate: dict[str, Any] = field(default_factory=dict)
+    # bench/tree_speed.py: rows -> the forest's model call, scikit-learn and numpy kernels
+    tree_speed: dict[str, Any] = field(default_factory=dict)
     # target -> "payload c=N" -> its own RSS (MB) right after that scenario
     rss_after: dict[str, dict[str, float]] = field(default_factory=dict)
     # bench/memory.py: a gateway with four models, its RSS and each runner's
@@ -451,6 +455,36 @@ def _batching_ratios(r: Results) -> list[Ratio]:
             f"random forest batching on (no queue delay) rps / off rps, 1-row c={c}",
             _divide(_rps(r, FOREST_ON, ONE, c), _rps(r, FOREST_OFF, ONE, c)),
         ),
+        Ratio(
+            5,
+            f"random forest without scikit-learn (default runner) rps / with it ({queued}) "
+            f"rps, 1-row c={c}",
+            _divide(_rps(r, FOREST_LEAN, ONE, c), _rps(r, FOREST_QUEUED, ONE, c)),
+        ),
+        Ratio(
+            5,
+            f"random forest without scikit-learn (default runner) p99 / with it ({queued}) "
+            f"p99, 1-row c={c}",
+            _divide(_p99(r, FOREST_LEAN, ONE, c), on_p99),
+        ),
+        *_tree_speed(r),
+    ]
+
+
+def _tree_speed(r: Results) -> list[Ratio]:
+    """The forest's model call alone (bench/tree_speed.py): where the kernels stop paying."""
+    note = r.tree_speed.get("note")
+    if note:
+        return [Ratio(5, "forest model call, scikit-learn / numpy kernels", None, note=note)]
+    return [
+        Ratio(
+            5,
+            f"forest model call, scikit-learn / numpy kernels, {rows} rows",
+            _divide(timed["sklearn_us"], timed["kernels_us"]),
+            note=f"{timed['sklearn_us']:.0f} vs {timed['kernels_us']:.0f} µs"
+            + ("" if timed["same_answers"] else "; ANSWERS DIFFER"),
+        )
+        for rows, timed in r.tree_speed.items()
     ]
 
 
@@ -538,6 +572,7 @@ def write_json(results: Results, items: list[Ratio], path: Path) -> None:
         "failed": results.failed,
         "rss": results.rss,
         "ledger_rate": results.ledger_rate,
+        "tree_speed": results.tree_speed,
         "memory": results.memory,
         "rss_after": results.rss_after,
         "answers": results.answers,

@@ -9,12 +9,14 @@ Targets, each started as its own process on 127.0.0.1 port 0:
   gateway-no-ledger  the same with --no-record (answers not recorded)
   gateway-grpc-hop   the same with --no-framed-socket (ModelInfer to the runner over gRPC)
   runner-lgbm-py / runner-lgbm-go  one LightGBM model, Python runner vs the Go runner
-  runner-rf-batch / -queued / -nobatch  a 100-tree random forest, Python runner, dynamic
-                 batching by default, with max_queue_delay_us 2000, and off
-                 (model.yaml runner.max_batch_size: 0)
+  runner-rf-batch / -queued / -nobatch  a 100-tree random forest, Python runner running
+                 scikit-learn (runner.lean: false), dynamic batching by default, with
+                 max_queue_delay_us 2000, and off (runner.max_batch_size: 0)
+  runner-rf-lean the same forest, default settings: numpy kernels, no scikit-learn
   mlserver       with --peers (`make bench-peers`): MLServer 1.7.1, in its own
                  virtualenv, serving the same joblib LogisticRegression
-Then the ledger's writer alone: rows/s into SQLite (bench/ledger_rate.py), and memory
+Then the ledger's writer alone: rows/s into SQLite (bench/ledger_rate.py), the forest's
+model call alone, scikit-learn against numpy kernels (bench/tree_speed.py), and memory
 with four models loaded (bench/memory.py).
 Scenarios: 1-row and 1000-row requests at concurrency 1, 16 and 64 for the floors, the
 runner, the gateways and MLServer (inprocess, gateway-no-ledger, gateway-grpc-hop and
@@ -49,6 +51,7 @@ from typing import Any
 
 import grpc
 
+import tree_speed
 from greenroom_client.control import ControlClient
 from greenroom_proto.inference import grpc_service_pb2 as pb
 
@@ -76,6 +79,7 @@ from report import (
     ECHO,
     FLOOR,
     FOREST_CONCURRENCY,
+    FOREST_LEAN,
     FOREST_OFF,
     FOREST_ON,
     FOREST_QUEUED,
@@ -100,7 +104,7 @@ MATRIX = (ECHO, FLOOR, RUNNER, GATEWAY, SHADOW, MLSERVER)
 SIDE = (INPROCESS, NO_LEDGER, GRPC_HOP, LGBM_PY, LGBM_GO)
 SIDE_CONCURRENCIES = (1, 16)
 # Measured only with 1 row at the forest's concurrency (--forest-concurrency).
-FOREST = (FOREST_ON, FOREST_QUEUED, FOREST_OFF)
+FOREST = (FOREST_ON, FOREST_QUEUED, FOREST_OFF, FOREST_LEAN)
 ALL_TARGETS = (*MATRIX, *SIDE, *FOREST)
 # `make bench` runs them all but the peer; `make bench-peers` (--peers) adds it.
 PEERS = (MLSERVER,)
@@ -420,6 +424,9 @@ def _argvs(work: Path) -> dict[str, list[str]]:
         FOREST_OFF: [
             PYTHON, "-m", "runners", *_runner_args(work / "models-rf-nobatch", FOREST_NAME),
         ],
+        FOREST_LEAN: [
+            PYTHON, "-m", "runners", *_runner_args(work / "models-rf-lean", FOREST_NAME),
+        ],
         MLSERVER: peers.argv(work / "mlserver"),
     }  # fmt: skip
 
@@ -577,7 +584,10 @@ def main(argv: list[str] | None = None) -> int:
             ONE: write_payload(work, ONE, 1, LGBM_NAME),
             THOUSAND: write_payload(work, THOUSAND, 1000, LGBM_NAME),
         }
-        train_forest(work / "models-rf", work / "models-rf-queued", work / "models-rf-nobatch")
+        train_forest(
+            work / "models-rf", work / "models-rf-queued", work / "models-rf-nobatch",
+            work / "models-rf-lean",
+        )  # fmt: skip
         train_inprocess(work / "models-inprocess")
         forest = {ONE: write_payload(work, ONE, 1, FOREST_NAME)}
         results = Results(meta=_meta(plan, payloads))
@@ -590,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             record_rss(ctx, servers)
         say("measuring the ledger's writer (50,000 answers into SQLite) ...")
         ctx.results.ledger_rate = ledger_rate.measure()
+        say("timing the forest's model call: scikit-learn vs numpy kernels ...")
+        ctx.results.tree_speed = tree_speed.measure(work / "models-rf")
         say("measuring memory: a gateway with four models ...")
         try:
             ctx.results.memory = memory.measure(PYTHON, work, log_dir)

@@ -43,9 +43,10 @@ inprocess`` is short for ``{kind: inprocess}``); with ``versions``, only the ver
 lists run in process, the others in runner processes.
 ``lean`` (default true) serves a ``model.joblib`` linear model (LogisticRegression,
 LinearRegression, Ridge, LinearSVC... ``runners.sklearn_lean.KINDS``, after StandardScaler
-steps or not) with numpy kernels proven bit-equal to scikit-learn at load, in a runner
-that never imports scikit-learn (runners.sklearn_lean); false loads it with scikit-learn
-in the runner.
+steps or not), decision tree or random forest with numpy kernels proven bit-equal to
+scikit-learn at load, in a runner that never imports scikit-learn (runners.sklearn_lean);
+false loads it with scikit-learn in the runner (for a forest scored in batches of
+thousands of rows, where scikit-learn's compiled walk is faster: runners.tree_kernels).
 
 Dynamic batching (runners.batching), in Triton's words:
 
@@ -109,8 +110,9 @@ class RunnerOptions(BaseModel):
     # for models that answer in well under a millisecond. Unset: inline unless threads or
     # max_queue_delay_us ask for a pool of model threads.
     inline: bool | None = None
-    # model.joblib only: serve linear models with numpy kernels proven equal at load, in a
-    # runner that never imports scikit-learn (runners.sklearn_lean); false keeps it.
+    # model.joblib only: serve linear models and trees with numpy kernels proven equal at
+    # load, in a runner that never imports scikit-learn (runners.sklearn_lean); false
+    # keeps it.
     lean: bool = True
 
     @model_validator(mode="before")

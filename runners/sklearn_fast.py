@@ -27,7 +27,7 @@ import structlog
 
 from runners import linear_kernels
 from runners.linear_kernels import Method
-from runners.sklearn_lean import kind_of
+from runners.sklearn_lean import TREE_KINDS, kind_of
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,7 @@ log = structlog.get_logger(__name__)
 def _kernels(estimator: Any) -> dict[str, Method]:
     """Candidate kernels by method name, for the estimators runners.sklearn_lean knows."""
     kind = kind_of(estimator)
-    if kind is None:
+    if kind is None or kind in TREE_KINDS:  # trees: scikit-learn's own walk where it is loaded
         return {}
     scores = linear_kernels.scores(estimator.coef_, estimator.intercept_)
     if kind == "linear":

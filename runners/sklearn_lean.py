@@ -1,8 +1,9 @@
-"""Linear scikit-learn models served by numpy alone: a runner without scikit-learn.
+"""Linear scikit-learn models, decision trees and forests served by numpy alone: a runner
+without scikit-learn.
 
 Importing scikit-learn costs a runner about 80 MB (scipy.stats, scipy.sparse, scipy.linalg
 and their shared libraries), far more than a linear model's own few hundred bytes of
-coefficients. So a ``model.joblib`` is first unpickled in a short-lived helper process
+coefficients or a forest's node arrays. So a ``model.joblib`` is first unpickled in a short-lived helper process
 (``python -m runners.sklearn_plan``), which loads it exactly as the scikit-learn path
 does (``SklearnModel``) and, for the estimators this module knows exactly, writes a
 *plan*: the fitted numbers, the served signature, and the answers the scikit-learn path
@@ -15,7 +16,10 @@ Known exactly (scikit-learn's own types, not subclasses; ``KINDS``): LogisticReg
 the classifiers without probabilities RidgeClassifier(CV) and LinearSVC; the regressors
 LinearRegression, Ridge(CV), Lasso(CV), ElasticNet(CV), SGDRegressor, HuberRegressor,
 BayesianRidge and LinearSVR; bare or as the last step of a Pipeline whose other steps
-are StandardScaler (or "passthrough"), with an FP32 or FP64 input.
+are StandardScaler (or "passthrough"), with an FP32 or FP64 input. And with one target,
+bare or alone in a Pipeline: RandomForest and ExtraTrees classifiers and regressors,
+DecisionTree and ExtraTree ones (runners.tree_kernels, which says where the numpy walk
+is faster than scikit-learn's and where it is not).
 
 Nothing is taken on trust. The runner runs its kernels on the plan's probes and keeps
 them only if every served output is the same dtype, shape and bits as the scikit-learn
@@ -25,7 +29,9 @@ model.yaml asks for that directly). Each kernel repeats scikit-learn's own opera
 its own order: StandardScaler's ``X -= mean_.astype(X.dtype)`` and ``X /= scale_...``,
 ``X @ coef_.T + intercept_``, scipy's own ``expit`` for two classes (``1 / (1 + exp(-x))``
 written with numpy differs in the last bit for 2-11% of values, its ``exp`` being
-numpy's vectorised one, not the C library's) and scikit-learn's softmax for more.
+numpy's vectorised one, not the C library's) and scikit-learn's softmax for more. A
+tree's plan is also proven on rows that sit on its own thresholds, and, where the model
+takes NaN as missing, on rows with NaN.
 """
 
 from __future__ import annotations
@@ -46,17 +52,20 @@ import numpy.typing as npt
 import structlog
 
 from greenroom_client.tensors import DTYPES, TensorSpec
-from runners import linear_kernels
+from runners import linear_kernels, tree_kernels
 from runners.config import ModelConfig
 from runners.estimator_model import EstimatorModel
 from runners.linear_kernels import Method, Scaler
 from runners.model import Arrays, Binding, Model
+from runners.tree_kernels import Forest
 
 log = structlog.get_logger(__name__)
 
 # "logistic": predict and predict_proba; "classifier": predict from the decision function;
-# "linear": a regressor's predict.
-Kind = Literal["logistic", "classifier", "linear"]
+# "linear": a regressor's predict; "trees" and "tree_regression": a decision tree's or a
+# forest's predict (and predict_proba), runners.tree_kernels.
+Kind = Literal["logistic", "classifier", "linear", "trees", "tree_regression"]
+TREE_KINDS = ("trees", "tree_regression")
 
 # scikit-learn's own estimators (by name, within its modules: exact types, no subclass)
 # whose answers are a linear kernel's.
@@ -69,6 +78,20 @@ KINDS: dict[str, Kind] = {
             "ElasticNetCV", "SGDRegressor", "HuberRegressor", "BayesianRidge", "LinearSVR",
         ],
         "linear",
+    ),
+    **dict.fromkeys(
+        [
+            "RandomForestClassifier", "ExtraTreesClassifier", "DecisionTreeClassifier",
+            "ExtraTreeClassifier",
+        ],
+        "trees",
+    ),
+    **dict.fromkeys(
+        [
+            "RandomForestRegressor", "ExtraTreesRegressor", "DecisionTreeRegressor",
+            "ExtraTreeRegressor",
+        ],
+        "tree_regression",
     ),
 }  # fmt: skip
 
@@ -85,10 +108,11 @@ class Plan:
     """What the helper found: enough to serve the model and to prove the kernels."""
 
     kind: Kind
-    coef: npt.NDArray[Any]
-    intercept: npt.NDArray[Any]
     inputs: list[Binding]
     outputs: list[Binding]
+    coef: npt.NDArray[Any] | None = None  # the linear kinds
+    intercept: npt.NDArray[Any] | None = None
+    forest: Forest | None = None  # the tree kinds
     scalers: list[Scaler] = field(default_factory=list)
     classes: npt.NDArray[Any] | None = None  # the estimator's classes_ (logistic)
     argmax: bool = False  # label may come from the probabilities' argmax
@@ -100,7 +124,11 @@ class Plan:
     def to_bytes(self) -> bytes:
         """An ``.npz`` without pickles: arrays by key, the rest as JSON in ``meta``. Object
         arrays (str classes and their labels) travel as str and are listed in ``meta``."""
-        arrays: dict[str, Any] = {"coef": self.coef, "intercept": self.intercept}
+        arrays: dict[str, Any] = {}
+        if self.coef is not None and self.intercept is not None:
+            arrays.update(coef=self.coef, intercept=self.intercept)
+        if self.forest is not None:
+            arrays.update({f"tree/{k}": v for k, v in self.forest.arrays().items()})
         for i, (mean, scale) in enumerate(self.scalers):
             if mean is not None:
                 arrays[f"mean{i}"] = mean
@@ -122,6 +150,9 @@ class Plan:
             "output_parameters": self.output_parameters,
             "probes": len(self.probes),
             "objects": objects,
+            "forest": None
+            if self.forest is None
+            else {"depth": self.forest.depth, "average": self.forest.average},
         }
         arrays.update({key: arrays[key].astype(str) for key in objects})
         buffer = io.BytesIO()
@@ -139,10 +170,13 @@ class Plan:
             if key.startswith("expected"):
                 index, name = key.removeprefix("expected").split("/", 1)
                 expected[int(index)][name] = value
+        forest = meta.get("forest")
+        trees = {k.removeprefix("tree/"): v for k, v in arrays.items() if k.startswith("tree/")}
         return cls(
             kind=meta["kind"],
-            coef=arrays["coef"],
-            intercept=arrays["intercept"],
+            coef=arrays.get("coef"),
+            intercept=arrays.get("intercept"),
+            forest=None if forest is None else Forest.from_arrays(trees, **forest),
             inputs=[_binding(b) for b in meta["inputs"]],
             outputs=[_binding(b) for b in meta["outputs"]],
             scalers=[
@@ -176,6 +210,9 @@ def _binding(data: dict[str, Any]) -> Binding:
 
 def methods(plan: Plan) -> dict[str, Method]:
     """The plan's arithmetic as the methods ``EstimatorModel`` calls, by native output."""
+    if plan.kind in TREE_KINDS:
+        return _tree_methods(plan)
+    assert plan.coef is not None and plan.intercept is not None
     dtype = DTYPES[plan.inputs[0].spec.datatype]
     scores = linear_kernels.scores(plan.coef, plan.intercept, plan.scalers, dtype)
     if plan.kind == "linear":
@@ -186,6 +223,17 @@ def methods(plan: Plan) -> dict[str, Method]:
         return {"label": predict, "prediction": predict, "probabilities": predict}
     proba = linear_kernels.logistic_proba(scores, int(np.size(plan.classes)))
     return {"label": predict, "prediction": predict, "probabilities": proba}
+
+
+def _tree_methods(plan: Plan) -> dict[str, Method]:
+    assert plan.forest is not None
+    leaf_values = tree_kernels.values(plan.forest)
+    if plan.kind == "tree_regression":
+        predict = tree_kernels.regress(leaf_values)
+        return {"prediction": predict, "label": predict, "probabilities": predict}
+    assert plan.classes is not None
+    predict = tree_kernels.classify(leaf_values, plan.classes)
+    return {"label": predict, "prediction": predict, "probabilities": leaf_values}
 
 
 # -- the runner's side --------------------------------------------------------------------

@@ -19,14 +19,17 @@ from typing import Any
 
 import joblib
 import numpy as np
+import numpy.typing as npt
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from greenroom_client.tensors import DTYPES
+from runners import tree_kernels
 from runners.config import ModelConfig
 from runners.sklearn_fast import probes
-from runners.sklearn_lean import Plan, kind_of
+from runners.sklearn_lean import TREE_KINDS, Plan, kind_of
 from runners.sklearn_model import SklearnModel, pipeline_steps
+from runners.tree_kernels import Forest, TreeArrays
 
 
 class Unsupported(Exception):
@@ -53,28 +56,66 @@ def make_plan(estimator: Any, model: SklearnModel) -> Plan:
         raise Unsupported(f"the input is {datatype}, not FP32 or FP64 features")
     plan = Plan(
         kind=kind,
-        coef=np.asarray(final.coef_),
-        intercept=np.asarray(final.intercept_),
         inputs=model.input_bindings,
         outputs=model.output_bindings,
-        scalers=[
+        classes=None if kind in ("linear", "tree_regression") else np.asarray(final.classes_),
+        argmax=model.classes is not None,
+        allow_nan=model.allow_nan,
+        output_parameters=model.output_parameters,
+    )
+    batches = probes(n_features, DTYPES[datatype])
+    if kind in TREE_KINDS:
+        if scalers:
+            raise Unsupported("a pipeline step comes before the trees")
+        plan.forest = _forest(final, model.allow_nan)
+        batches.append(tree_kernels.boundary_probe(plan.forest, n_features, DTYPES[datatype]))
+        if model.allow_nan:
+            batches.append(_with_nan(batches[-1]))
+    else:
+        plan.coef, plan.intercept = np.asarray(final.coef_), np.asarray(final.intercept_)
+        plan.scalers = [
             (
                 np.asarray(s.mean_) if s.with_mean else None,
                 np.asarray(s.scale_) if s.with_std else None,
             )
             for s in scalers
-        ],
-        classes=None if kind == "linear" else np.asarray(final.classes_),
-        argmax=model.classes is not None,
-        allow_nan=model.allow_nan,
-        output_parameters=model.output_parameters,
-    )
+        ]
     served = [b.spec.name for b in model.output_bindings]
     input_name = model.inputs[0].name
-    for probe in probes(n_features, DTYPES[datatype]):
+    for probe in batches:
         plan.probes.append(probe)
         plan.expected.append(model.predict({input_name: probe.copy()}, served))
     return plan
+
+
+def _forest(final: Any, allow_nan: bool) -> Forest:
+    """The stacked table of a fitted tree or forest with one target."""
+    if getattr(final, "n_outputs_", None) != 1:
+        raise Unsupported("the trees predict more than one target")
+    estimators = getattr(final, "estimators_", None)
+    trees = [final] if estimators is None else list(estimators)
+    arrays = []
+    for estimator in trees:
+        tree = estimator.tree_
+        arrays.append(
+            TreeArrays(
+                children_left=np.asarray(tree.children_left),
+                children_right=np.asarray(tree.children_right),
+                feature=np.asarray(tree.feature),
+                threshold=np.asarray(tree.threshold),
+                value=np.asarray(tree.value),
+                missing_go_to_left=getattr(tree, "missing_go_to_left", None),
+            )
+        )
+    depth = max(int(estimator.tree_.max_depth) for estimator in trees)
+    return tree_kernels.stack(arrays, depth, average=estimators is not None, nan=allow_nan)
+
+
+def _with_nan(rows: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """The rows with NaN in a scattered third of their cells: missing values' side."""
+    holes = rows.copy()
+    holes[np.random.default_rng(3).random(holes.shape) < 1 / 3] = np.nan
+    return holes
 
 
 def main(argv: list[str]) -> int:

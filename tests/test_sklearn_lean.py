@@ -1,6 +1,6 @@
-"""Linear models served by numpy alone (runners.sklearn_lean): the same signature and the
-same bits as the scikit-learn path, a fallback to it whenever that is not proven, and a
-runner process that never maps scikit-learn or scipy.
+"""Linear models, decision trees and forests served by numpy alone (runners.sklearn_lean):
+the same signature and the same bits as the scikit-learn path, a fallback to it whenever
+that is not proven, and a runner process that never maps scikit-learn or scipy.
 
 Each estimator is trained here and saved as model.joblib; both paths load it through
 their real entry points (the lean one through its helper process).
@@ -17,7 +17,12 @@ import joblib
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.linear_model import (
     BayesianRidge,
     ElasticNet,
@@ -32,10 +37,11 @@ from sklearn.linear_model import (
     RidgeCV,
     SGDRegressor,
 )
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC, LinearSVR
-from sklearn.tree import DecisionTreeClassifier
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from greenroom_client.errors import InvalidInput
 from runners import sklearn_lean, sklearn_plan
@@ -81,7 +87,21 @@ LEAN: dict[str, Any] = {
     "huber": lambda: HuberRegressor(max_iter=1000).fit(X, X[:, 2] * 3),
     "bayesian-ridge": lambda: BayesianRidge().fit(X, X[:, 3]),
     "linear-svr": lambda: make_pipeline(StandardScaler(), LinearSVR()).fit(X, X[:, 4]),
+    "forest": lambda: RandomForestClassifier(n_estimators=20, random_state=0).fit(X, BINARY),
+    "forest-strings": lambda: make_pipeline(
+        RandomForestClassifier(n_estimators=10, max_depth=6, random_state=1)
+    ).fit(X, np.array(["low", "mid", "high"])[THREE]),
+    "extra-trees": lambda: ExtraTreesClassifier(n_estimators=10, random_state=0).fit(X, THREE),
+    "tree": lambda: DecisionTreeClassifier(random_state=0).fit(X, THREE),
+    "forest-regressor": lambda: RandomForestRegressor(n_estimators=10, random_state=0).fit(
+        X, X[:, 0] * 3 + X[:, 3]
+    ),
+    "extra-trees-regressor": lambda: ExtraTreesRegressor(n_estimators=10, random_state=0).fit(
+        X, X[:, 1]
+    ),
+    "tree-regressor": lambda: DecisionTreeRegressor(max_depth=8).fit(X, X[:, 2]),
 }
+TREES = [kind for kind in LEAN if "tree" in kind or "forest" in kind]
 
 
 def _save(tmp_path: Path, estimator: Any, yaml: str | None = None) -> Path:
@@ -146,7 +166,15 @@ def test_nan_is_refused_as_before(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (lambda: DecisionTreeClassifier().fit(X, BINARY), "DecisionTreeClassifier has no numpy"),
+        (lambda: KNeighborsClassifier().fit(X, BINARY), "KNeighborsClassifier has no numpy"),
+        (
+            lambda: make_pipeline(StandardScaler(), DecisionTreeClassifier()).fit(X, BINARY),
+            "a pipeline step comes before the trees",
+        ),
+        (
+            lambda: RandomForestRegressor(n_estimators=3).fit(X, np.c_[X[:, 0], X[:, 1]]),
+            "more than one target",
+        ),
         (lambda: make_pipeline(PCA(2), LogisticRegression()).fit(X, BINARY), "is a PCA"),
         (  # a subclass may override anything: exact types only
             lambda: LogisticRegressionCV(cv=3).fit(X, BINARY),
@@ -215,8 +243,11 @@ def _mapped(pid: int) -> str:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps")
-def test_a_runner_serving_a_linear_model_never_maps_scikit_learn(tmp_path: Path) -> None:
-    estimator = LEAN["scaled"]()
+@pytest.mark.parametrize("kind", ["scaled", "forest"])
+def test_a_runner_serving_a_linear_model_or_a_forest_never_maps_scikit_learn(
+    kind: str, tmp_path: Path
+) -> None:
+    estimator = LEAN[kind]()
     version_dir = _save(tmp_path, estimator)
     with running(version_dir, "m") as runner:
         rows = X[:10]
@@ -243,9 +274,9 @@ def test_a_compressed_joblib_file_is_planned_too(tmp_path: Path) -> None:
 def test_an_estimator_named_first_without_a_kernel_starts_no_helper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    version_dir = _save(tmp_path, RandomForestClassifier(n_estimators=3).fit(X, BINARY))
+    version_dir = _save(tmp_path, KNeighborsClassifier().fit(X, BINARY))
     found = sklearn_lean.first_class(version_dir / "model.joblib")
-    assert found == ("sklearn.ensemble._forest", "RandomForestClassifier")
+    assert found == ("sklearn.neighbors._classification", "KNeighborsClassifier")
 
     def no_helper(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the helper was started")
@@ -285,3 +316,41 @@ def test_an_unreadable_plan_falls_back_to_scikit_learn(
     plan, why = request_plan(version_dir / "model.joblib", ModelConfig())
     assert plan is None and "unreadable" in why
     assert isinstance(load_model(version_dir, "m", "1", ModelConfig()), SklearnModel)
+
+
+def test_a_forest_fitted_with_missing_values_sends_nan_where_scikit_learn_does(
+    tmp_path: Path,
+) -> None:
+    holes = X.copy()
+    holes[RNG.random(holes.shape) < 0.2] = np.nan
+    forest = RandomForestClassifier(n_estimators=15, random_state=0).fit(holes, THREE)
+    lean, plain = _load_both(_save(tmp_path, forest))
+    assert isinstance(lean, LeanSklearnModel) and lean.allow_nan and plain.allow_nan
+    rows = (np.random.default_rng(8).normal(size=(500, 5)) * 30).astype(np.float32)
+    rows[np.random.default_rng(9).random(rows.shape) < 0.3] = np.nan
+    lean.check({"input": rows})
+    _assert_same(lean.predict({"input": rows.copy()}), plain.predict({"input": rows.copy()}))
+
+
+@pytest.mark.parametrize("kind", TREES)
+def test_trees_answer_on_their_own_thresholds_as_scikit_learn_does(
+    kind: str, tmp_path: Path
+) -> None:
+    """Values exactly on a split and one float32 step either side: where a comparison
+    against a rounded threshold would go the wrong way."""
+    lean, plain = _load_both(_save(tmp_path, LEAN[kind]()))
+    assert isinstance(lean, LeanSklearnModel)
+    plan, _ = request_plan(tmp_path / "m" / "1" / "model.joblib", ModelConfig())
+    assert plan is not None and plan.forest is not None
+    forest = plan.forest
+    inner = forest.children[0::2] != np.arange(forest.feature.size)
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(300, 5)).astype(np.float32)
+    for column in range(5):
+        limits = forest.threshold[inner & (forest.feature == column)]
+        if limits.size:
+            rows[:, column] = rng.choice(limits, size=300)
+    for step in (-np.inf, np.inf):
+        edge = rows.copy()
+        edge[:100] = np.nextafter(edge[:100], np.float32(step))
+        _assert_same(lean.predict({"input": edge.copy()}), plain.predict({"input": edge}))
