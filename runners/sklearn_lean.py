@@ -1,16 +1,16 @@
 """Linear scikit-learn models, decision trees and forests served by numpy alone: a runner
 without scikit-learn.
 
-Importing scikit-learn costs a runner about 80 MB (scipy.stats, scipy.sparse, scipy.linalg
-and their shared libraries), far more than a linear model's own few hundred bytes of
-coefficients or a forest's node arrays. So a ``model.joblib`` is first unpickled in a
-short-lived helper process (``python -m runners.sklearn_plan``), which loads it exactly as
-the scikit-learn path does (``SklearnModel``) and, for the estimators this module knows
-exactly, writes a *plan*: the fitted numbers, the served signature, and the answers the
-scikit-learn path gives on probe batches. The runner rebuilds the arithmetic from the plan with numpy (and
-scipy.special's ``expit`` for binary classifiers: 18 MB, where scikit-learn is 80) and
-serves it through the same ``EstimatorModel`` (finiteness check, one probability pass,
-ties asked of predict).
+Importing scikit-learn costs a runner about 80 MB (scipy.stats, scipy.sparse,
+scipy.linalg and their shared libraries), far more than a linear model's own few hundred
+bytes of coefficients or a forest's node arrays. So a ``model.joblib`` is first unpickled
+in a short-lived helper process (``python -m runners.sklearn_plan``), which loads it
+exactly as the scikit-learn path does (``SklearnModel``) and, for the estimators this
+module knows exactly, writes a *plan*: the fitted numbers, the served signature, and the
+answers the scikit-learn path gives on probe batches. The runner rebuilds the arithmetic
+from the plan with numpy (and scipy.special's ``expit`` for binary classifiers: 18 MB,
+where scikit-learn is 80) and serves it through the same ``EstimatorModel`` (finiteness
+check, one probability pass, ties asked of predict).
 
 Known exactly (scikit-learn's own types, not subclasses; ``KINDS``): LogisticRegression;
 the classifiers without probabilities RidgeClassifier(CV) and LinearSVC; the regressors
