@@ -30,6 +30,7 @@ from gateway.evaluation import (
 from gateway.ledger import FeedbackResult, LabelledRow, Ledger, LedgerStats, PairedRow
 from gateway.ledger.records import JournalEntry
 from gateway.ledger.store import DeploymentConflict
+from gateway.recording import CANCELLED
 from gateway.router import Router
 from greenroom_client.errors import Aborted, FailedPrecondition, InvalidArgument
 
@@ -270,6 +271,8 @@ class ControlPlane:
         (never the whole window in memory)."""
         accumulators: dict[str, Accumulator] = {}
         for row in self.ledger.iter_rows(model, since):
+            if row.status == CANCELLED:
+                continue
             accumulator = accumulators.get(row.version)
             if accumulator is None:
                 accumulator = accumulators[row.version] = Accumulator(task)

@@ -32,6 +32,11 @@ from greenroom_proto.inference import grpc_service_pb2 as pb
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
 
+# The status of a request whose client gave up (cancelled, or its deadline passed) before
+# the answer came: recorded like a failure, but left out of a version's evaluation
+# (gateway.evaluation), since it says nothing about the version.
+CANCELLED = "CANCELLED"
+
 
 @dataclass(frozen=True, slots=True)
 class OutputRoles:

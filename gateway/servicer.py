@@ -8,6 +8,7 @@ re-encoded on the way through. Errors are translated to a gRPC status here, once
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.metadata
 import random
@@ -20,7 +21,7 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from gateway import ids, wire
-from gateway.recording import Recorder
+from gateway.recording import CANCELLED, Recorder
 from gateway.router import Router, check_request, signature_of
 from gateway.settings import GatewaySettings
 from gateway.shadow import Copy, ShadowFanout, batched, merge_key, merged_request
@@ -140,7 +141,10 @@ class InferenceServicer:
 
         try:
             reply = await plan.runner.infer(raw, timeout, fan_out if plan.shadows else None)
-        except GreenroomError as exc:
+        except (GreenroomError, asyncio.CancelledError) as exc:
+            # CANCELLED: grpc.aio cancels the handler when the client cancels or its
+            # deadline passes first; the request stays on record, beside its shadow copy.
+            code = exc.code if isinstance(exc, GreenroomError) else CANCELLED
             latency = (time.perf_counter() - began) * 1e3
             self.recorder.failed(
                 request,
@@ -148,7 +152,7 @@ class InferenceServicer:
                 version=version,
                 role=plan.role,
                 latency_ms=latency,
-                status=exc.code,
+                status=code,
             )
             raise
         latency = (time.perf_counter() - began) * 1e3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
+from greenroom_client.control import ControlClient
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import GatewayProcess, pid_alive
@@ -182,5 +184,34 @@ def test_a_broken_model_does_not_stop_the_others(repo: Path, tmp_path: Path) -> 
                 stub.ModelInfer(request("broken", {"input": iris()[0][:1]}), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "model 'broken' version '1' is not ready" in info.value.details()
+    finally:
+        gateway.stop()
+
+
+def test_a_request_its_client_cancels_is_recorded_as_cancelled(repo: Path, tmp_path: Path) -> None:
+    """grpc.aio cancels the handler when the client cancels: the request still leaves its
+    row (status CANCELLED), which the version's evaluation leaves out."""
+    gateway = GatewayProcess(repo, tmp_path)
+    try:
+        with grpc.insecure_channel(gateway.target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            seconds = np.array([1.5], dtype=np.float64)
+            call = stub.ModelInfer.future(request("slow", {"seconds": seconds}, id="gone"))
+            time.sleep(0.5)
+            assert call.cancel()
+            quick = np.array([0.0], dtype=np.float64)
+            stub.ModelInfer(request("slow", {"seconds": quick}, id="kept"), timeout=20)
+        database = gateway.data_dir / "ledger.db"
+
+        def statuses() -> dict[str, str]:
+            if not database.exists():
+                return {}
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
+                return dict(db.execute("SELECT request_id, status FROM answers"))
+
+        assert wait_until(lambda: statuses() == {"gone": "CANCELLED", "kept": "OK"}, 10), statuses()
+        with ControlClient(gateway.target) as control:
+            version = control.report("slow")["versions"][0]
+        assert (version["errors"], version["error_rate"]) == (0, 0.0)  # one row: "kept"
     finally:
         gateway.stop()
