@@ -251,8 +251,10 @@ class Governor:
                     await asyncio.to_thread(shutil.rmtree, entry.path, True)
                 raise
             self._serve(entry, version_entry, backend, new=new)
-            if self.announce is not None:
-                await self.announce()
+        # Outside the lock: another worker registering at the same time holds its own
+        # while it announces to this one, whose reload takes this lock.
+        if self.announce is not None:
+            await self.announce()
         if reference is not None:
             await self._save_reference(
                 model, record.version, *reference, source="registration", actor=actor
@@ -265,7 +267,11 @@ class Governor:
     ) -> tuple[VersionRecord, VersionEntry, Backend]:  # fmt: skip
         """Stage, start and record one version; on any failure, nothing of it is left."""
         assert self.launcher is not None
-        staged = await asyncio.to_thread(registry.stage, entry, version, filename, data)
+        known = self.ledger.governance.version
+        staged = await asyncio.to_thread(
+            registry.stage, entry, version, filename, data,
+            lambda number: known(entry.name, number) is not None,
+        )  # fmt: skip
         version_entry = VersionEntry(
             entry.name, staged.version, staged.directory, ARTIFACTS[staged.artifact.name],
             staged.sha256,

@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,22 @@ class Staged:
     sha256: str
 
 
-def stage(model: ModelEntry, version: str | None, filename: str, data: bytes) -> Staged:
+# Numbers an auto-numbered registration tries past the first free-looking one: others may
+# be taken meanwhile by another gateway process on the same repository (--workers N).
+NUMBER_ATTEMPTS = 20
+
+
+def stage(
+    model: ModelEntry,
+    version: str | None,
+    filename: str,
+    data: bytes,
+    registered: Callable[[str], bool] = lambda version: False,
+) -> Staged:
     """Write the artifact into ``<model>/<version>/`` atomically (a temporary directory
-    renamed into place), refusing a version that exists."""
+    renamed into place), refusing a version that exists. Without a ``version``, the next
+    number that no directory and no record (``registered``) holds: the rename claims it,
+    so that two processes numbering at once take two numbers, not one and an error."""
     artifact_name = SUFFIXES.get(Path(filename).suffix)
     if artifact_name is None:
         raise InvalidArgument(
@@ -97,24 +111,57 @@ def stage(model: ModelEntry, version: str | None, filename: str, data: bytes) ->
         )
     if not data:
         raise InvalidArgument(f"artifact '{filename}' is empty")
-    version = version or next_version(model)
-    if not VERSION_NAME.match(version):
+    if version and not VERSION_NAME.match(version):
         raise InvalidArgument(f"version '{version}' is not a valid name (letters, digits, ._-)")
-    target = model.path / version
+    if version and ((model.path / version).exists() or version in model.versions):
+        raise _exists(model, version)
     digest = hashlib.sha256(data).hexdigest()
-    if target.exists() or version in model.versions:
-        raise AlreadyExists(
-            f"version {version} of '{model.name}' exists; a registered version is never "
-            "replaced: register a new version"
-        )
-    temp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model.path))
+    temp = Path(tempfile.mkdtemp(prefix=f".{version or 'new'}.", dir=model.path))
     try:
         (temp / artifact_name).write_bytes(data)
-        os.replace(temp, target)  # atomic on one file system
-    except OSError:
+        claimed = _claim(model, temp, version, registered)
+    except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    return Staged(version, target, target / artifact_name, digest)
+    return Staged(claimed, model.path / claimed, model.path / claimed / artifact_name, digest)
+
+
+def _exists(model: ModelEntry, version: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"version {version} of '{model.name}' exists; a registered version is never "
+        "replaced: register a new version"
+    )
+
+
+def _claim(
+    model: ModelEntry, temp: Path, version: str | None, registered: Callable[[str], bool]
+) -> str:
+    """Rename ``temp`` to the version's directory (atomic on one file system; a rename onto
+    a directory that is there, and never empty, fails): the version it became."""
+    if version:
+        candidates = [version]
+    else:
+        on_disk = [int(p.name) for p in model.path.iterdir() if p.name.isdigit()]
+        first = max(int(next_version(model)), max(on_disk, default=0) + 1)
+        candidates = [str(n) for n in range(first, first + NUMBER_ATTEMPTS)]
+    for candidate in candidates:
+        target = model.path / candidate
+        if not version and (target.exists() or registered(candidate)):
+            continue
+        try:
+            os.rename(temp, target)
+        except OSError:
+            if not target.exists():
+                raise
+            continue  # taken since the check: by another process
+        return candidate
+    raise (
+        _exists(model, version)
+        if version
+        else AlreadyExists(
+            f"model '{model.name}': no free version number among {candidates[0]}-{candidates[-1]}"
+        )
+    )
 
 
 def new_model(repo: Path, name: str) -> ModelEntry:

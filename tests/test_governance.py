@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from gateway import provenance
+from gateway import provenance, registry
+from gateway.repository import ModelEntry
 from greenroom_client import Client
 from greenroom_client.control import ControlClient
 from greenroom_client.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from greenroom_proto.greenroom.v1 import control_pb2 as cpb
 from greenroom_proto.greenroom.v1 import control_pb2_grpc as cpb_grpc
+from runners.config import ModelConfig
 from tests.conftest import GatewayProcess, wait_for_predictions
 from tests.test_external_and_cli import greenroom
 from tests.test_shadow_e2e import cli_json
@@ -304,3 +306,18 @@ def test_a_registration_whose_client_gave_up_completes(tmp_path: Path, strong: P
                 assert client.infer("m", {"input": x}, version="2").version == "2"
     finally:
         gateway.stop()
+
+
+def test_an_auto_numbered_version_skips_numbers_taken_elsewhere(tmp_path: Path) -> None:
+    """The number comes from this process's view of the model, but a directory another
+    process made since, or a record whose directory is gone, keeps theirs."""
+    model = ModelEntry("m", tmp_path, ModelConfig(), {}, primary="")
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "model.py").write_text("taken by another process\n")
+    first = registry.stage(model, None, "model.py", b"A = 1\n", lambda v: v == "2")
+    assert (first.version, first.artifact.read_bytes()) == ("3", b"A = 1\n")
+    second = registry.stage(model, None, "model.py", b"A = 2\n")
+    assert second.version == "4"
+    with pytest.raises(AlreadyExists):
+        registry.stage(model, "3", "model.py", b"A = 3\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "3", "4"]  # no temp left

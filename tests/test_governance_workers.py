@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -89,3 +90,45 @@ def per_worker_retrying(target: str, x: np.ndarray) -> dict[str, grpc.Channel]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def test_registrations_through_two_workers_at_once_take_two_numbers(tmp_path: Path) -> None:
+    """Each worker numbers a registration from its own view of the model: two at once
+    both picked 2, and one failed ALREADY_EXISTS. The directory's rename now claims the
+    number, and the loser takes the next."""
+    repo = tmp_path / "models"
+    build(repo, YAML)
+    x, y = data(400, 1)
+    artifacts = [tmp_path / "a.joblib", tmp_path / "b.joblib"]
+    joblib.dump(LogisticRegression().fit(x, y), artifacts[0])
+    joblib.dump(LogisticRegression(C=0.1).fit(x, y), artifacts[1])
+    gateway = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_WORKERS": "2"})
+    try:
+        workers = one_channel_per_worker(gateway.target, x[:2], "m", "1")
+        numbers: dict[str, str] = {}
+        ready = threading.Barrier(2)
+
+        def register(index: str, artifact: Path) -> None:
+            stub = cpb_grpc.GovernanceStub(workers[index])
+            message = cpb.RegisterRequest(
+                model="m", artifact_name="model.joblib", artifact=artifact.read_bytes(),
+                metadata_json="{}", reason="at once",
+            )  # fmt: skip
+            ready.wait()
+            numbers[index] = stub.Register(message, timeout=120).version
+
+        threads = [
+            threading.Thread(target=register, args=(index, artifact))
+            for index, artifact in zip(sorted(workers), artifacts, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(numbers.values()) == ["2", "3"], numbers
+        for ch in workers.values():
+            for version in ("2", "3"):
+                reply, _ = infer(ch, request("m", {"input": x[:2]}, model_version=version))
+                assert reply.model_version == version
+    finally:
+        gateway.stop()
