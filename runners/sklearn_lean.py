@@ -240,7 +240,13 @@ def _tree_methods(plan: Plan) -> dict[str, Method]:
 
 
 def _same(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+    """The same dtype, shape and bits: -0.0 is not 0.0 here, and a NaN is its own match
+    (what a client receives is the bytes). Object arrays (text labels) by value."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == object:
+        return bool(np.array_equal(a, b))
+    return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
 
 
 def build(plan: Plan, name: str, version: str) -> LeanSklearnModel | None:

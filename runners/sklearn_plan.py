@@ -63,6 +63,10 @@ def make_plan(estimator: Any, model: SklearnModel) -> Plan:
         allow_nan=model.allow_nan,
         output_parameters=model.output_parameters,
     )
+    if plan.classes is not None and plan.classes.dtype == object:
+        lost = [c for c in plan.classes if not isinstance(c, str) or "\x00" in c]
+        if lost:  # the plan carries text labels as numpy strings, which drop a trailing NUL
+            raise Unsupported(f"class labels {lost[:3]!r} do not travel as text")
     batches = probes(n_features, DTYPES[datatype])
     if kind in TREE_KINDS:
         if scalers:

@@ -8,8 +8,10 @@ stepped down one level at a time, one gather per array per level. On a 100-tree 
 (bench/tree_speed.py) that is about 25x faster than scikit-learn's ``predict_proba`` for
 one row (whose per-call cost is joblib's and the Python around each tree's Cython walk),
 about 10x for 32 rows and 3x for 256; at 1,000 rows the two are about even, and beyond
-that the walk falls behind (numpy gathers against compiled loops). ``runner.lean:
-false`` keeps scikit-learn for a model scored in large batches.
+that the walk falls behind (numpy gathers against compiled loops; where exactly depends
+on the trees' depth and number). ``runner.lean: false`` keeps scikit-learn for a model
+scored in large batches. Memory stays flat: a long request is walked in chunks of rows,
+and the trees' values are added one tree at a time into a rows x columns array.
 
 The same bits as scikit-learn, by the same steps: the input cast to float32 (as
 ``_validate_X_predict``), ``x <= threshold`` to go left (a float32 ``x`` against the
@@ -146,20 +148,43 @@ def _leaves(forest: Forest, x: Array) -> Array:
     return node
 
 
+# (row, tree) pairs walked at once: a long request goes in chunks of rows, so that the
+# walk's arrays stay a few MB whatever its size (scikit-learn's own walk needs none).
+PAIRS_AT_ONCE = 1 << 18
+# Rows x columns up to which the trees' leaf values are gathered in one call and summed
+# with a cumulative sum (few numpy calls: one row); above it they are added tree by tree
+# into one rows x columns array (no rows x trees x columns array).
+ONE_GATHER = 256
+
+
 def values(forest: Forest) -> Method:
     """``predict_proba`` of a classifier (the class fractions), or a regressor's
-    prediction as one column: each tree's leaf value, summed in tree order and averaged
-    for a forest."""
-    trees = forest.roots.size
+    prediction as one column: each tree's leaf value, summed in tree order from zero and
+    averaged for a forest (``0.0 + -0.0`` is ``0.0``, as in scikit-learn's sum)."""
+    trees, columns = forest.roots.size, forest.value.shape[1]
+    chunk = max(1, PAIRS_AT_ONCE // trees)
 
-    def leaf_values(x: Array) -> Array:
-        reached = forest.value[_leaves(forest, x)]  # (rows, trees, columns)
+    def summed(leaves: Array) -> Array:
         if not forest.average:
-            result: Array = reached[:, 0, :]
-            return result
-        total: Array = np.cumsum(reached, axis=1)[:, -1, :]  # sequential: 0 + t1 + t2 ...
+            single: Array = forest.value[leaves[:, 0]]
+            return single
+        rows = leaves.shape[0]
+        if rows * columns <= ONE_GATHER:
+            reached = forest.value[leaves]  # (rows, trees, columns), a copy
+            reached[:, 0, :] += 0.0
+            total: Array = np.cumsum(reached, axis=1)[:, -1, :]  # sequential: t1 + t2 ...
+        else:
+            total = np.zeros((rows, columns))
+            for tree in range(trees):
+                total += forest.value[leaves[:, tree]]
         total /= trees
         return total
+
+    def leaf_values(x: Array) -> Array:
+        if x.shape[0] <= chunk:
+            return summed(_leaves(forest, x))
+        parts = [summed(_leaves(forest, x[i : i + chunk])) for i in range(0, x.shape[0], chunk)]
+        return np.concatenate(parts)
 
     return leaf_values
 

@@ -44,7 +44,7 @@ from sklearn.svm import LinearSVC, LinearSVR
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from greenroom_client.errors import InvalidInput
-from runners import sklearn_lean, sklearn_plan
+from runners import sklearn_lean, sklearn_plan, tree_kernels
 from runners.config import ModelConfig, RunnerOptions, load_model_config
 from runners.model import load_model
 from runners.sklearn_lean import LeanSklearnModel, Plan, build, request_plan
@@ -174,6 +174,12 @@ def test_nan_is_refused_as_before(tmp_path: Path) -> None:
         (
             lambda: RandomForestRegressor(n_estimators=3).fit(X, np.c_[X[:, 0], X[:, 1]]),
             "more than one target",
+        ),
+        (  # the plan carries text labels as numpy strings, which lose a trailing NUL
+            lambda: RandomForestClassifier(n_estimators=3).fit(
+                X, np.array(["a", "b\x00"], dtype=object)[BINARY]
+            ),
+            "do not travel as text",
         ),
         (lambda: make_pipeline(PCA(2), LogisticRegression()).fit(X, BINARY), "is a PCA"),
         (  # a subclass may override anything: exact types only
@@ -354,3 +360,24 @@ def test_trees_answer_on_their_own_thresholds_as_scikit_learn_does(
         edge = rows.copy()
         edge[:100] = np.nextafter(edge[:100], np.float32(step))
         _assert_same(lean.predict({"input": edge.copy()}), plain.predict({"input": edge}))
+
+
+def test_the_proof_compares_bits_not_values() -> None:
+    """What a client receives is the bytes: -0.0 is not 0.0, and NaN matches NaN."""
+    assert not sklearn_lean._same(np.array([0.0]), np.array([-0.0]))
+    assert sklearn_lean._same(np.array([np.nan, 1.0]), np.array([np.nan, 1.0]))
+    assert sklearn_lean._same(np.array(["a", "b"], dtype=object), np.array(["a", "b"], object))
+    assert not sklearn_lean._same(np.array([1], np.int64), np.array([1], np.int32))
+
+
+def test_a_long_request_to_a_forest_of_many_classes_answers_as_scikit_learn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Walked in chunks of rows (so that memory stays flat), trees summed one by one."""
+    many = np.digitize(X[:, 0] + X[:, 1] / 10, np.linspace(-2, 2, 11))
+    forest = RandomForestClassifier(n_estimators=12, max_depth=6, random_state=0).fit(X, many)
+    monkeypatch.setattr(tree_kernels, "PAIRS_AT_ONCE", 1000)
+    lean, plain = _load_both(_save(tmp_path, forest))
+    assert isinstance(lean, LeanSklearnModel)
+    rows = (np.random.default_rng(3).normal(size=(3000, 5)) * 30).astype(np.float32)
+    _assert_same(lean.predict({"input": rows.copy()}), plain.predict({"input": rows.copy()}))
