@@ -30,7 +30,8 @@ its own order: StandardScaler's ``X -= mean_.astype(X.dtype)`` and ``X /= scale_
 ``X @ coef_.T + intercept_``, scipy's own ``expit`` for two classes (``1 / (1 + exp(-x))``
 written with numpy differs in the last bit for 2-11% of values, its ``exp`` being
 numpy's vectorised one, not the C library's) and scikit-learn's softmax for more. A
-tree's plan is also proven on rows that sit on its own thresholds, and, where the model
+tree's plan is also proven on rows that sit on its own thresholds, on rows inside the
+region of each tree's deepest leaf (``tree_kernels.path_probe``), and, where the model
 takes NaN as missing, on rows with NaN.
 """
 

@@ -72,7 +72,8 @@ def make_plan(estimator: Any, model: SklearnModel) -> Plan:
         if scalers:
             raise Unsupported("a pipeline step comes before the trees")
         plan.forest = _forest(final, model.allow_nan)
-        batches.append(tree_kernels.boundary_probe(plan.forest, n_features, DTYPES[datatype]))
+        for rows_of in (tree_kernels.boundary_probe, tree_kernels.path_probe):
+            batches.append(rows_of(plan.forest, n_features, DTYPES[datatype]))
         if model.allow_nan:
             batches.append(_with_nan(batches[-1]))
     else:

@@ -8,6 +8,7 @@ their real entry points (the lean one through its helper process).
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -381,3 +382,21 @@ def test_a_long_request_to_a_forest_of_many_classes_answers_as_scikit_learn(
     assert isinstance(lean, LeanSklearnModel)
     rows = (np.random.default_rng(3).normal(size=(3000, 5)) * 30).astype(np.float32)
     _assert_same(lean.predict({"input": rows.copy()}), plain.predict({"input": rows.copy()}))
+
+
+def test_the_path_probe_reaches_every_trees_deepest_leaf(tmp_path: Path) -> None:
+    """So that a walk stopped short of the deepest level is caught at load, as it is not
+    by random probes on most forests."""
+    forest = RandomForestClassifier(n_estimators=8, random_state=0).fit(X, THREE)
+    plan, _ = request_plan(_save(tmp_path, forest) / "model.joblib", ModelConfig())
+    assert plan is not None and plan.forest is not None
+    table = plan.forest
+    rows = tree_kernels.path_probe(table, 5, np.float32)
+    reached = tree_kernels._leaves(table, rows)
+    deepest = [estimator.tree_.max_depth for estimator in forest.estimators_]
+    for tree, estimator in enumerate(forest.estimators_):
+        leaf = int(reached[tree, tree] - table.roots[tree])
+        assert estimator.tree_.children_left[leaf] == -1
+        assert estimator.tree_.compute_node_depths()[leaf] - 1 == deepest[tree]
+    short = dataclasses.replace(table, depth=table.depth - 1)
+    assert not np.array_equal(tree_kernels._leaves(short, rows), reached)
