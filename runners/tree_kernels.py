@@ -221,11 +221,12 @@ def boundary_probe(forest: Forest, n_features: int, dtype: Any, rows: int = 64) 
 
 
 def path_probe(forest: Forest, n_features: int, dtype: Any, rows: int = 64) -> Array:
-    """One row inside the region of each of ``rows`` leaves (every tree's deepest first,
-    then others at random): a walk that stops short, or takes a wrong turn anywhere on
-    a long path, answers such a row differently. A leaf's region is the box its path
-    cuts out (``x <= t`` on a left turn, ``x > t`` on a right one); the row takes each
-    feature's upper bound where it has one, else just above its lower bound."""
+    """One row inside the region of each of ``rows`` leaves, or of as many as there are
+    trees (every tree's deepest first, then others at random): a walk that stops short,
+    or takes a wrong turn anywhere on a long path, answers such a row differently. A
+    leaf's region is the box its path cuts out (``x <= t`` on a left turn, ``x > t`` on
+    a right one); the row takes each feature's upper bound where it has one, else just
+    above its lower bound."""
     nodes = forest.feature.size
     left, right = forest.children[0::2], forest.children[1::2]
     own = np.arange(nodes)
@@ -236,9 +237,9 @@ def path_probe(forest: Forest, n_features: int, dtype: Any, rows: int = 64) -> A
     parent[right[inner]] = own[inner]
     went_right[right[inner]] = True
     depth = np.zeros(nodes, int)
-    for node in range(nodes):  # a parent comes before its children within each tree
-        if parent[node] >= 0:
-            depth[node] = depth[parent[node]] + 1
+    below = parent >= 0
+    for _ in range(forest.depth):  # each pass settles one more level
+        depth[below] = depth[parent[below]] + 1
     ends = np.append(forest.roots[1:], nodes)
     leaves = [
         int(start + np.argmax(np.where(~inner[start:end], depth[start:end], -1)))
@@ -247,8 +248,8 @@ def path_probe(forest: Forest, n_features: int, dtype: Any, rows: int = 64) -> A
     rng = np.random.default_rng(20261128)
     others = own[~inner]
     leaves += rng.choice(others, size=max(0, rows - len(leaves))).tolist()
-    probe = np.zeros((min(rows, len(leaves)), n_features), dtype=np.float32)
-    for row, leaf in enumerate(leaves[: probe.shape[0]]):
+    probe = np.zeros((len(leaves), n_features), dtype=np.float32)
+    for row, leaf in enumerate(leaves):
         low = np.full(n_features, -np.inf, dtype=np.float32)
         high = np.full(n_features, np.inf, dtype=np.float32)
         node = leaf
