@@ -8,8 +8,8 @@ labels, a class never predicted) is ``None`` rather than NaN or an exception, so
 Which rows count where:
 
 - every row counts for latency and for the error rate (a failure is part of the service),
-  except a request its client gave up on before the answer came (status ``CANCELLED``,
-  left out by the caller: it says nothing about the version);
+  except a request its client cancelled before the answer came, before its deadline
+  (status ``CANCELLED``, left out by the caller: it says nothing about the version);
 - an *error* is a row whose call failed;
 - an *answered* row is one that succeeded and carries a prediction. A row that succeeded
   without one (the client asked only for other outputs, e.g. ``probabilities``) is

@@ -32,9 +32,9 @@ from greenroom_proto.inference import grpc_service_pb2 as pb
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
 
-# The status of a request whose client gave up (cancelled, or its deadline passed) before
-# the answer came: recorded like a failure, but left out of a version's evaluation
-# (gateway.evaluation), since it says nothing about the version.
+# The status of a request whose client cancelled it before the answer came (not by its
+# deadline: that is DEADLINE_EXCEEDED): recorded like a failure, but left out of a
+# version's evaluation (gateway.evaluation), since it says nothing about the version.
 CANCELLED = "CANCELLED"
 
 

@@ -141,7 +141,8 @@ def _claim(
     if version:
         candidates = [version]
     else:
-        on_disk = [int(p.name) for p in model.path.iterdir() if p.name.isdigit()]
+        names = (p.name for p in model.path.iterdir())
+        on_disk = [int(name) for name in names if name.isascii() and name.isdigit()]
         first = max(int(next_version(model)), max(on_disk, default=0) + 1)
         candidates = [str(n) for n in range(first, first + NUMBER_ATTEMPTS)]
     for candidate in candidates:

@@ -26,7 +26,13 @@ from gateway.router import Router, check_request, signature_of
 from gateway.settings import GatewaySettings
 from gateway.shadow import Copy, ShadowFanout, batched, merge_key, merged_request
 from gateway.supervisor import RunnerState
-from greenroom_client.errors import GreenroomError, InternalError, InvalidArgument, InvalidInput
+from greenroom_client.errors import (
+    DeadlineExceeded,
+    GreenroomError,
+    InternalError,
+    InvalidArgument,
+    InvalidInput,
+)
 from greenroom_client.tensors import describe
 from greenroom_proto.inference import grpc_service_pb2 as pb
 
@@ -65,6 +71,19 @@ def edge(fn: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         raise AssertionError("unreachable")  # pragma: no cover
 
     return wrapper
+
+
+# A handler cancelled this close to its deadline was cancelled by the deadline (grpc.aio's
+# clock and the runner call's timer fire within moments of each other).
+DEADLINE_SLACK_S = 0.01
+
+
+def _cancelled(latency_ms: float, timeout_s: float) -> str:
+    """The status of a call whose handler was cancelled: the client's deadline passing
+    counts against the version (DEADLINE_EXCEEDED, as if the runner's timer had fired
+    first); a client that gave up before it is CANCELLED, left out of reports."""
+    late = latency_ms / 1e3 >= timeout_s - DEADLINE_SLACK_S
+    return DeadlineExceeded.code if late else CANCELLED
 
 
 def _parse(raw: bytes) -> pb.ModelInferRequest:
@@ -142,10 +161,11 @@ class InferenceServicer:
         try:
             reply = await plan.runner.infer(raw, timeout, fan_out if plan.shadows else None)
         except (GreenroomError, asyncio.CancelledError) as exc:
-            # CANCELLED: grpc.aio cancels the handler when the client cancels or its
-            # deadline passes first; the request stays on record, beside its shadow copy.
-            code = exc.code if isinstance(exc, GreenroomError) else CANCELLED
+            # grpc.aio cancels the handler when the client cancels, or when the client's
+            # deadline passes before the runner call's own timer (the same deadline) says
+            # so: the request stays on record either way, beside its shadow copy.
             latency = (time.perf_counter() - began) * 1e3
+            code = exc.code if isinstance(exc, GreenroomError) else _cancelled(latency, timeout)
             self.recorder.failed(
                 request,
                 request_id=request_id,

@@ -312,6 +312,7 @@ def test_an_auto_numbered_version_skips_numbers_taken_elsewhere(tmp_path: Path) 
     """The number comes from this process's view of the model, but a directory another
     process made since, or a record whose directory is gone, keeps theirs."""
     model = ModelEntry("m", tmp_path, ModelConfig(), {}, primary="")
+    (tmp_path / "\u00b2").mkdir()  # "²" is a digit to str.isdigit, not a number to int()
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "model.py").write_text("taken by another process\n")
     first = registry.stage(model, None, "model.py", b"A = 1\n", lambda v: v == "2")
@@ -320,4 +321,4 @@ def test_an_auto_numbered_version_skips_numbers_taken_elsewhere(tmp_path: Path) 
     assert second.version == "4"
     with pytest.raises(AlreadyExists):
         registry.stage(model, "3", "model.py", b"A = 3\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "3", "4"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "3", "4", "\u00b2"]  # no temp

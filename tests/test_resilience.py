@@ -215,3 +215,39 @@ def test_a_request_its_client_cancels_is_recorded_as_cancelled(repo: Path, tmp_p
         assert (version["errors"], version["error_rate"]) == (0, 0.0)  # one row: "kept"
     finally:
         gateway.stop()
+
+
+def test_requests_whose_deadline_passes_count_against_the_version(
+    repo: Path, tmp_path: Path
+) -> None:
+    """When the client's deadline passes, grpc.aio's cancel of the handler and the runner
+    call's own timer race; either way the row says DEADLINE_EXCEEDED and is an error of
+    the version, as the client was told (only a client that gave up early is CANCELLED)."""
+    gateway = GatewayProcess(repo, tmp_path)
+    try:
+        with grpc.insecure_channel(gateway.target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            seconds = np.array([1.0], dtype=np.float64)
+            calls = [
+                stub.ModelInfer.future(
+                    request("slow", {"seconds": seconds}, id=f"d{i}"), timeout=0.3
+                )
+                for i in range(20)
+            ]
+            for call in calls:
+                assert call.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        database = gateway.data_dir / "ledger.db"
+
+        def statuses() -> list[str]:
+            if not database.exists():
+                return []
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
+                return [status for (status,) in db.execute("SELECT status FROM answers")]
+
+        assert wait_until(lambda: len(statuses()) == 20, 15), statuses()
+        assert set(statuses()) == {"DEADLINE_EXCEEDED"}
+        with ControlClient(gateway.target) as control:
+            version = control.report("slow")["versions"][0]
+        assert (version["errors"], version["error_rate"]) == (20, 1.0)
+    finally:
+        gateway.stop()
