@@ -267,11 +267,10 @@ class Governor:
     ) -> tuple[VersionRecord, VersionEntry, Backend]:  # fmt: skip
         """Stage, start and record one version; on any failure, nothing of it is left."""
         assert self.launcher is not None
-        known = self.ledger.governance.version
+        recorded = await asyncio.to_thread(self.ledger.governance.versions, entry.name)
         staged = await asyncio.to_thread(
-            registry.stage, entry, version, filename, data,
-            lambda number: known(entry.name, number) is not None,
-        )  # fmt: skip
+            registry.stage, entry, version, filename, data, [r.version for r in recorded]
+        )
         version_entry = VersionEntry(
             entry.name, staged.version, staged.directory, ARTIFACTS[staged.artifact.name],
             staged.sha256,

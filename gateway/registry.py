@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,11 +98,12 @@ def stage(
     version: str | None,
     filename: str,
     data: bytes,
-    registered: Callable[[str], bool] = lambda version: False,
+    registered: Collection[str] = (),
 ) -> Staged:
     """Write the artifact into ``<model>/<version>/`` atomically (a temporary directory
     renamed into place), refusing a version that exists. Without a ``version``, the next
-    number that no directory and no record (``registered``) holds: the rename claims it,
+    number above every directory and record (``registered``: the model's recorded
+    versions) that no directory holds: the rename claims it,
     so that two processes numbering at once take two numbers, not one and an error."""
     artifact_name = SUFFIXES.get(Path(filename).suffix)
     if artifact_name is None:
@@ -133,21 +134,19 @@ def _exists(model: ModelEntry, version: str) -> AlreadyExists:
     )
 
 
-def _claim(
-    model: ModelEntry, temp: Path, version: str | None, registered: Callable[[str], bool]
-) -> str:
+def _claim(model: ModelEntry, temp: Path, version: str | None, registered: Collection[str]) -> str:
     """Rename ``temp`` to the version's directory (atomic on one file system; a rename onto
     a directory that is there, and never empty, fails): the version it became."""
     if version:
         candidates = [version]
     else:
-        names = (p.name for p in model.path.iterdir())
-        on_disk = [int(name) for name in names if name.isascii() and name.isdigit()]
-        first = max(int(next_version(model)), max(on_disk, default=0) + 1)
+        names = [p.name for p in model.path.iterdir()] + list(registered)
+        used = [int(name) for name in names if name.isascii() and name.isdigit()]
+        first = max(int(next_version(model)), max(used, default=0) + 1)
         candidates = [str(n) for n in range(first, first + NUMBER_ATTEMPTS)]
     for candidate in candidates:
         target = model.path / candidate
-        if not version and (target.exists() or registered(candidate)):
+        if not version and target.exists():
             continue
         try:
             os.rename(temp, target)

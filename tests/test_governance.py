@@ -315,7 +315,7 @@ def test_an_auto_numbered_version_skips_numbers_taken_elsewhere(tmp_path: Path) 
     (tmp_path / "\u00b2").mkdir()  # "²" is a digit to str.isdigit, not a number to int()
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "model.py").write_text("taken by another process\n")
-    first = registry.stage(model, None, "model.py", b"A = 1\n", lambda v: v == "2")
+    first = registry.stage(model, None, "model.py", b"A = 1\n", ["2"])
     assert (first.version, first.artifact.read_bytes()) == ("3", b"A = 1\n")
     second = registry.stage(model, None, "model.py", b"A = 2\n")
     assert second.version == "4"
