@@ -39,7 +39,7 @@ from gateway.replicas import Backend
 from gateway.repository import ARTIFACTS, ModelEntry, VersionEntry, version_key
 from gateway.settings import GatewaySettings
 from gateway.validation import ValidationResult, load_checks, validate
-from greenroom_client.errors import FailedPrecondition, InvalidArgument
+from greenroom_client.errors import Aborted, FailedPrecondition, InvalidArgument
 from runners.config import ConfigError
 
 if TYPE_CHECKING:
@@ -185,6 +185,8 @@ class Governor:
         self.launcher = launcher  # starts the runners of versions registered while serving
         # Tells the other workers of --workers N about a registered version (they attach).
         self.announce: Callable[[], Awaitable[None]] | None = None
+        # Attaches the versions the other workers registered (called under the change lock).
+        self.adopt: Callable[[], Awaitable[None]] | None = None
         # A worker without the retrainer sends `retrain` to the one that has it.
         self.forward_retrain: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
         self.settings = settings
@@ -238,10 +240,8 @@ class Governor:
         the model would collide with it. Returns the record and whether the model is new."""
         async with self.control.changes:
             new = model not in self.router.models
-            entry = (
-                await asyncio.to_thread(registry.new_model, self.settings.repo, model)
-                if new else self.router.model(model)
-            )  # fmt: skip
+            entry = await self._new_model(model) if new else self.router.model(model)
+            new = model not in self.router.models
             try:
                 record, version_entry, backend = await self._load(
                     entry, version, filename, data, metadata=metadata, reason=reason, actor=actor
@@ -260,6 +260,23 @@ class Governor:
                 model, record.version, *reference, source="registration", actor=actor
             )
         return record, new
+
+    async def _new_model(self, model: str) -> ModelEntry:
+        """A model's directory for its first version; with --workers N, the model another
+        worker has just registered (adopted), or ABORTED while that registration is still
+        under way (the directory is there, the model not yet served)."""
+        try:
+            return await asyncio.to_thread(registry.new_model, self.settings.repo, model)
+        except FailedPrecondition as exc:
+            if self.adopt is None:
+                raise
+            await self.adopt()
+            if model in self.router.models:
+                return self.router.model(model)
+            raise Aborted(
+                f"{exc.message}; or another worker is registering its first version: if so, "
+                "try again once that registration has answered"
+            ) from None
 
     async def _load(
         self, entry: ModelEntry, version: str | None, filename: str, data: bytes, *,

@@ -425,10 +425,11 @@ class WorkerControlPlane(ControlPlane):
         deployments stored in the database (one re-read at a time, so that an older read
         can never be applied after a newer one)."""
         async with self.changes:
-            await self._adopt()
+            await self.adopt()
             await self.restore()
 
-    async def _adopt(self) -> None:
+    async def adopt(self) -> None:
+        """Attach the versions registered through the other workers (under ``changes``)."""
         if self.plan_path is None:
             return
         plan = await asyncio.to_thread(Plan.load, self.plan_path)
@@ -468,7 +469,7 @@ class WorkerControlPlane(ControlPlane):
 
     async def _take_up(self, model: str, stored: dict[str, Any] | None) -> None:
         """Another worker saved first, maybe with a version registered through it."""
-        await self._adopt()
+        await self.adopt()
         await super()._take_up(model, stored)
 
     async def feedback(
@@ -603,6 +604,7 @@ class Worker:
         launcher = SupervisedLauncher(plan_path, settings) if plan_path is not None else None
         governor = Governor(control, launcher, settings)
         governor.announce = peers.reload
+        governor.adopt = control.adopt
         retrainer = start_retrainer(governor) if index == 0 else None
         monitor = Monitor(governor, metrics) if metrics is not None and index == 0 else None
         if monitor is not None:  # one worker computes the gauges; the supervisor serves them

@@ -132,3 +132,50 @@ def test_registrations_through_two_workers_at_once_take_two_numbers(tmp_path: Pa
                 assert reply.model_version == version
     finally:
         gateway.stop()
+
+
+def test_a_new_models_first_version_registered_through_two_workers_at_once(
+    tmp_path: Path,
+) -> None:
+    """The second worker finds the model's directory made by the first: it attaches the
+    model if that registration is done (and registers the next version), or answers
+    ABORTED while it is under way, never "restart the gateway"."""
+    repo = tmp_path / "models"
+    build(repo, YAML)
+    x, y = data(400, 1)
+    artifact = tmp_path / "a.joblib"
+    joblib.dump(LogisticRegression().fit(x, y), artifact)
+    gateway = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_WORKERS": "2"})
+    try:
+        workers = one_channel_per_worker(gateway.target, x[:2], "m", "1")
+        outcomes: dict[str, str] = {}
+        ready = threading.Barrier(2)
+        message = cpb.RegisterRequest(
+            model="fresh", artifact_name="model.joblib", artifact=artifact.read_bytes(),
+            metadata_json="{}", reason="at once",
+        )  # fmt: skip
+
+        def register(index: str) -> None:
+            stub = cpb_grpc.GovernanceStub(workers[index])
+            ready.wait()
+            try:
+                outcomes[index] = stub.Register(message, timeout=120).version
+            except grpc.RpcError as error:
+                outcomes[index] = error.code().name
+
+        threads = [threading.Thread(target=register, args=(index,)) for index in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcomes.values()) in (["1", "2"], ["1", "ABORTED"]), outcomes
+        if "ABORTED" in outcomes.values():
+            loser = next(i for i, outcome in outcomes.items() if outcome == "ABORTED")
+            retried = cpb_grpc.GovernanceStub(workers[loser]).Register(message, timeout=120)
+            assert retried.version == "2"
+        for ch in workers.values():
+            for version in ("1", "2"):
+                reply, _ = infer(ch, request("fresh", {"input": x[:2]}, model_version=version))
+                assert reply.model_version == version
+    finally:
+        gateway.stop()
