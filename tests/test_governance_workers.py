@@ -92,6 +92,45 @@ def per_worker_retrying(target: str, x: np.ndarray) -> dict[str, grpc.Channel]:
             time.sleep(0.2)
 
 
+def register_at_once(
+    workers: dict[str, grpc.Channel], messages: dict[str, cpb.RegisterRequest]
+) -> dict[str, str]:
+    """Each worker's registration sent at the same moment: its version, or its status."""
+    outcomes: dict[str, str] = {}
+    ready = threading.Barrier(len(messages))
+
+    def register(index: str) -> None:
+        stub = cpb_grpc.GovernanceStub(workers[index])
+        ready.wait()
+        try:
+            outcomes[index] = stub.Register(messages[index], timeout=120).version
+        except grpc.RpcError as error:
+            outcomes[index] = error.code().name
+
+    threads = [threading.Thread(target=register, args=(index,)) for index in messages]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def served_by_each(
+    workers: dict[str, grpc.Channel], model: str, versions: list[str], x: np.ndarray
+) -> None:
+    for ch in workers.values():
+        for version in versions:
+            reply, _ = infer(ch, request(model, {"input": x[:2]}, model_version=version))
+            assert reply.model_version == version
+
+
+def _registration(model: str, artifact: Path) -> cpb.RegisterRequest:
+    return cpb.RegisterRequest(
+        model=model, artifact_name="model.joblib", artifact=artifact.read_bytes(),
+        metadata_json="{}", reason="at once",
+    )  # fmt: skip
+
+
 def test_registrations_through_two_workers_at_once_take_two_numbers(tmp_path: Path) -> None:
     """Each worker numbers a registration from its own view of the model: two at once
     both picked 2, and one failed ALREADY_EXISTS. The directory's rename now claims the
@@ -105,31 +144,13 @@ def test_registrations_through_two_workers_at_once_take_two_numbers(tmp_path: Pa
     gateway = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_WORKERS": "2"})
     try:
         workers = one_channel_per_worker(gateway.target, x[:2], "m", "1")
-        numbers: dict[str, str] = {}
-        ready = threading.Barrier(2)
-
-        def register(index: str, artifact: Path) -> None:
-            stub = cpb_grpc.GovernanceStub(workers[index])
-            message = cpb.RegisterRequest(
-                model="m", artifact_name="model.joblib", artifact=artifact.read_bytes(),
-                metadata_json="{}", reason="at once",
-            )  # fmt: skip
-            ready.wait()
-            numbers[index] = stub.Register(message, timeout=120).version
-
-        threads = [
-            threading.Thread(target=register, args=(index, artifact))
+        messages = {
+            index: _registration("m", artifact)
             for index, artifact in zip(sorted(workers), artifacts, strict=True)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        }
+        numbers = register_at_once(workers, messages)
         assert sorted(numbers.values()) == ["2", "3"], numbers
-        for ch in workers.values():
-            for version in ("2", "3"):
-                reply, _ = infer(ch, request("m", {"input": x[:2]}, model_version=version))
-                assert reply.model_version == version
+        served_by_each(workers, "m", ["2", "3"], x)
     finally:
         gateway.stop()
 
@@ -148,34 +169,13 @@ def test_a_new_models_first_version_registered_through_two_workers_at_once(
     gateway = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_WORKERS": "2"})
     try:
         workers = one_channel_per_worker(gateway.target, x[:2], "m", "1")
-        outcomes: dict[str, str] = {}
-        ready = threading.Barrier(2)
-        message = cpb.RegisterRequest(
-            model="fresh", artifact_name="model.joblib", artifact=artifact.read_bytes(),
-            metadata_json="{}", reason="at once",
-        )  # fmt: skip
-
-        def register(index: str) -> None:
-            stub = cpb_grpc.GovernanceStub(workers[index])
-            ready.wait()
-            try:
-                outcomes[index] = stub.Register(message, timeout=120).version
-            except grpc.RpcError as error:
-                outcomes[index] = error.code().name
-
-        threads = [threading.Thread(target=register, args=(index,)) for index in workers]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        message = _registration("fresh", artifact)
+        outcomes = register_at_once(workers, dict.fromkeys(workers, message))
         assert sorted(outcomes.values()) in (["1", "2"], ["1", "ABORTED"]), outcomes
         if "ABORTED" in outcomes.values():
             loser = next(i for i, outcome in outcomes.items() if outcome == "ABORTED")
             retried = cpb_grpc.GovernanceStub(workers[loser]).Register(message, timeout=120)
             assert retried.version == "2"
-        for ch in workers.values():
-            for version in ("1", "2"):
-                reply, _ = infer(ch, request("fresh", {"input": x[:2]}, model_version=version))
-                assert reply.model_version == version
+        served_by_each(workers, "fresh", ["1", "2"], x)
     finally:
         gateway.stop()
