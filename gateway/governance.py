@@ -284,7 +284,9 @@ class Governor:
     ) -> tuple[VersionRecord, VersionEntry, Backend]:  # fmt: skip
         """Stage, start and record one version; on any failure, nothing of it is left."""
         assert self.launcher is not None
-        recorded = await asyncio.to_thread(self.ledger.governance.versions, entry.name)
+        recorded = (
+            [] if version else await asyncio.to_thread(self.ledger.governance.versions, entry.name)
+        )
         staged = await asyncio.to_thread(
             registry.stage, entry, version, filename, data, [r.version for r in recorded]
         )

@@ -11,8 +11,9 @@ same numpy and scipy calls as scikit-learn's own method (``X @ coef_.T + interce
 then ``expit`` or ``softmax``), so its answers are the same bits. That is not taken on
 trust: ``fast_methods`` runs every kernel beside the estimator's method on probe batches
 (one row and several, in the input's datatype, ordinary and extreme values) and keeps
-only kernels whose answers are ``array_equal`` to it; any difference, or an estimator
-not in ``runners.sklearn_lean.KINDS`` (subclasses included), keeps scikit-learn's method.
+only kernels whose answers are the same bits (``sklearn_lean.same_bits``); any
+difference, or an estimator not in ``runners.sklearn_lean.KINDS`` (subclasses included),
+keeps scikit-learn's method.
 Kernels are built from the fitted attributes once, so refitting an estimator in place is
 not supported (a served artifact never changes).
 """
@@ -27,7 +28,7 @@ import structlog
 
 from runners import linear_kernels
 from runners.linear_kernels import Method
-from runners.sklearn_lean import TREE_KINDS, kind_of
+from runners.sklearn_lean import TREE_KINDS, kind_of, same_bits
 
 log = structlog.get_logger(__name__)
 
@@ -60,11 +61,6 @@ def probes(n_features: int, dtype: npt.DTypeLike) -> list[npt.NDArray[Any]]:
     return [rows[:1], rows[1:2], rows[:7], rows]
 
 
-def _equal(a: Any, b: Any) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
-
-
 def fast_methods(estimator: Any, dtype: npt.DTypeLike) -> dict[str, Method]:
     """Kernels for ``estimator``'s methods that gave exactly its own answers on probes of
     ``dtype``; methods without one are left out (callers keep scikit-learn's)."""
@@ -76,7 +72,8 @@ def fast_methods(estimator: Any, dtype: npt.DTypeLike) -> dict[str, Method]:
         reference = getattr(estimator, name)
         try:
             same = all(
-                _equal(kernel(x.copy()), reference(x.copy())) for x in probes(n_features, dtype)
+                same_bits(np.asarray(kernel(x.copy())), np.asarray(reference(x.copy())))
+                for x in probes(n_features, dtype)
             )
         except Exception:  # the estimator is not what its type suggests
             same = False

@@ -240,7 +240,7 @@ def _tree_methods(plan: Plan) -> dict[str, Method]:
 # -- the runner's side --------------------------------------------------------------------
 
 
-def _same(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
+def same_bits(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
     """The same dtype, shape and bits: -0.0 is not 0.0 here, and a NaN is its own match
     (what a client receives is the bytes). Object arrays (text labels) by value."""
     if a.dtype != b.dtype or a.shape != b.shape:
@@ -271,7 +271,9 @@ def build(plan: Plan, name: str, version: str) -> LeanSklearnModel | None:
         except Exception:
             log.warning("numpy kernel failed on a probe", exc_info=True)
             return None
-        if set(answer) != set(expected) or not all(_same(answer[k], expected[k]) for k in expected):
+        if set(answer) != set(expected) or not all(
+            same_bits(answer[k], expected[k]) for k in expected
+        ):
             return None
     return model
 

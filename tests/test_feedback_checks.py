@@ -47,11 +47,8 @@ def feedback_gateway(
         (models / name / "1").mkdir(parents=True)
         joblib.dump(regressor, models / name / "1" / "model.joblib")
         (models / name / "model.yaml").write_text('task: regression\nprimary: "1"\n')
-    gateway = GatewayProcess(models, tmp_path_factory.mktemp("feedback-data"))
-    try:
+    with GatewayProcess(models, tmp_path_factory.mktemp("feedback-data")) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 @pytest.fixture(scope="module")

@@ -365,10 +365,10 @@ def test_trees_answer_on_their_own_thresholds_as_scikit_learn_does(
 
 def test_the_proof_compares_bits_not_values() -> None:
     """What a client receives is the bytes: -0.0 is not 0.0, and NaN matches NaN."""
-    assert not sklearn_lean._same(np.array([0.0]), np.array([-0.0]))
-    assert sklearn_lean._same(np.array([np.nan, 1.0]), np.array([np.nan, 1.0]))
-    assert sklearn_lean._same(np.array(["a", "b"], dtype=object), np.array(["a", "b"], object))
-    assert not sklearn_lean._same(np.array([1], np.int64), np.array([1], np.int32))
+    assert not sklearn_lean.same_bits(np.array([0.0]), np.array([-0.0]))
+    assert sklearn_lean.same_bits(np.array([np.nan, 1.0]), np.array([np.nan, 1.0]))
+    assert sklearn_lean.same_bits(np.array(["a", "b"], dtype=object), np.array(["a", "b"], object))
+    assert not sklearn_lean.same_bits(np.array([1], np.int64), np.array([1], np.int32))
 
 
 def test_a_long_request_to_a_forest_of_many_classes_answers_as_scikit_learn(

@@ -97,11 +97,8 @@ def build_zero_rows_repository(repo: Path) -> None:
 def zero_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     repo = tmp_path_factory.mktemp("zero-rows-models")
     build_zero_rows_repository(repo)
-    process = GatewayProcess(repo, tmp_path_factory.mktemp("zero-rows-data"))
-    try:
+    with GatewayProcess(repo, tmp_path_factory.mktemp("zero-rows-data")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")
