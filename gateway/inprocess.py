@@ -51,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from gateway.onnx_fused import FusedOnnx
 from gateway.repository import VersionEntry
 from gateway.settings import GatewaySettings
 from gateway.supervisor import MAX_IN_FLIGHT, Dispatched, RunnerState, Signature
@@ -104,6 +105,7 @@ class InProcessRunner:
             thread_name_prefix=f"inprocess-{entry.model}-{entry.version}",
         )
         self._inline = config.runner.runs_inline()
+        self._fused: FusedOnnx | None = None  # inline only: requests never overlap there
         self._in_flight = 0
         self._settled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -167,6 +169,8 @@ class InProcessRunner:
         options = self.config.runner
         batcher = batcher_for(model, options)
         self._servicer.set_model(model, batcher)
+        if self._inline:
+            self._fused = FusedOnnx.of(model)
         # model.yaml's declarations are already bound into the model's specs, exactly as a
         # runner process reports them in ModelMetadata and supervisor._specs reads them.
         self.signature = Signature(model.platform, list(model.inputs), list(model.outputs))
@@ -182,10 +186,16 @@ class InProcessRunner:
     # ---- calls ------------------------------------------------------------------------
 
     async def infer(
-        self, request: bytes, timeout: float, after_dispatch: Dispatched | None = None
+        self,
+        request: bytes,
+        timeout: float,
+        after_dispatch: Dispatched | None = None,
+        parsed: pb.ModelInferRequest | None = None,
     ) -> bytes:
         """Answer a serialized ModelInferRequest with a serialized ModelInferResponse;
-        ``after_dispatch`` runs once the request is queued for a pool thread."""
+        ``after_dispatch`` runs once the request is queued for a pool thread. ``parsed``:
+        the same request already parsed (the gateway parses it to route it), so that the
+        inline lane does not parse it twice."""
         if self.state != RunnerState.READY:
             raise Unavailable(f"{self.where} is not ready: {self.reason}")
         if self._in_flight >= MAX_IN_FLIGHT:
@@ -195,7 +205,7 @@ class InProcessRunner:
             if self._inline:
                 if after_dispatch is not None:
                     after_dispatch()
-                return self._answer(request)
+                return self._answer_inline(request, parsed)
             context = contextvars.copy_context()  # log lines keep the request's fields
             call = asyncio.get_running_loop().run_in_executor(
                 self._pool, context.run, self._answer, request
@@ -209,9 +219,18 @@ class InProcessRunner:
         finally:
             self._in_flight -= 1
 
-    def _answer(self, request: bytes) -> bytes:
+    def _answer_inline(self, request: bytes, parsed: pb.ModelInferRequest | None) -> bytes:
+        message = pb.ModelInferRequest.FromString(request) if parsed is None else parsed
+        if self._fused is not None:
+            fused = self._fused.answer(message)
+            if fused is not None:
+                return fused
+        return self._answer(request, message)
+
+    def _answer(self, request: bytes, message: pb.ModelInferRequest | None = None) -> bytes:
         """Inline or in a pool thread: what the ONNX runner process would answer."""
-        message = pb.ModelInferRequest.FromString(request)
+        if message is None:
+            message = pb.ModelInferRequest.FromString(request)
         try:
             response = self._servicer.answer(message)
         except GreenroomError as err:

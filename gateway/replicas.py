@@ -23,6 +23,7 @@ from typing import Protocol
 from gateway.repository import VersionEntry
 from gateway.supervisor import Dispatched, Runner, RunnerState, Signature
 from greenroom_client.errors import Unavailable
+from greenroom_proto.inference import grpc_service_pb2 as pb
 from runners.config import ModelConfig
 
 
@@ -49,7 +50,11 @@ class Backend(Protocol):
     async def stop(self) -> None: ...
 
     async def infer(
-        self, request: bytes, timeout: float, after_dispatch: Dispatched | None = None
+        self,
+        request: bytes,
+        timeout: float,
+        after_dispatch: Dispatched | None = None,
+        parsed: pb.ModelInferRequest | None = None,
     ) -> bytes: ...
 
 
@@ -112,11 +117,16 @@ class ReplicaSet:
         return self.replicas[best]
 
     async def infer(
-        self, request: bytes, timeout: float, after_dispatch: Dispatched | None = None
+        self,
+        request: bytes,
+        timeout: float,
+        after_dispatch: Dispatched | None = None,
+        parsed: pb.ModelInferRequest | None = None,
     ) -> bytes:
         """On the chosen replica; if it turns out to be gone (UNAVAILABLE: it died before
         its health check noticed), once more on another READY one. With none READY, the
-        first replica's ``infer`` raises UNAVAILABLE with its reason."""
+        first replica's ``infer`` raises UNAVAILABLE with its reason. Replicas are runner
+        processes, which parse the bytes themselves: ``parsed`` is not passed on."""
         chosen = self.pick()
         if chosen is None:
             return await self.replicas[0].infer(request, timeout, after_dispatch)

@@ -147,6 +147,7 @@ class InferenceServicer:
         if not request_id:
             request_id = ids.request_id()
             raw = wire.with_string(raw, 3, request_id)
+            request.id = request_id  # the message stays the bytes' twin
 
         version = plan.runner.entry.version
         if self.tracing is not None:
@@ -159,7 +160,9 @@ class InferenceServicer:
             self.shadows.fan_out(model, plan.shadows, copy, self._shadow, self._mergeable(model))
 
         try:
-            reply = await plan.runner.infer(raw, timeout, fan_out if plan.shadows else None)
+            reply = await plan.runner.infer(
+                raw, timeout, fan_out if plan.shadows else None, parsed=request
+            )
         except (GreenroomError, asyncio.CancelledError) as exc:
             # grpc.aio cancels the handler when the client cancels, or when the client's
             # deadline passes before the runner call's own timer (the same deadline) says

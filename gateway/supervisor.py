@@ -200,12 +200,17 @@ class Runner:
     # ---- calls ------------------------------------------------------------------------
 
     async def infer(
-        self, request: bytes, timeout: float, after_dispatch: Dispatched | None = None
+        self,
+        request: bytes,
+        timeout: float,
+        after_dispatch: Dispatched | None = None,
+        parsed: pb.ModelInferRequest | None = None,
     ) -> bytes:
         """Forward a serialized ModelInferRequest; returns the serialized response.
 
         ``after_dispatch`` runs once the call is on its way (shadow copies start there, so
-        that they are scheduled behind the primary, never ahead of it)."""
+        that they are scheduled behind the primary, never ahead of it). ``parsed`` is not
+        needed here: the runner process parses the bytes it is sent."""
         call, framed = self._call, self._framed
         if self.state != RunnerState.READY or call is None:
             raise Unavailable(f"{self.where} is not ready: {self.reason}")

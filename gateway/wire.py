@@ -7,8 +7,12 @@ and re-encoding the tensors. Same for wrapping a serialized message as a submess
 
 from __future__ import annotations
 
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
+
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:  # tags and short lengths: the usual case, on every answer
+        return _ONE_BYTE[value]
     out = bytearray()
     while True:
         byte = value & 0x7F

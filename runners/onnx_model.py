@@ -106,11 +106,11 @@ class OnnxModel(Model):
         self, name: str, version: str, inputs: list[Binding], outputs: list[Binding], session: Any
     ):
         super().__init__(name, version, inputs, outputs)
-        self._session = session
+        self.session = session  # read by gateway.onnx_fused, as are feeds and fetches
         graph_types = {node.name: node.type for node in session.get_inputs()}
         # served input name -> (graph name, numpy dtype the graph wants; None for strings)
-        self._feeds = {b.spec.name: (b.native, _numpy_dtype(graph_types[b.native])) for b in inputs}
-        self._fetches = {b.spec.name: b.native for b in outputs}
+        self.feeds = {b.spec.name: (b.native, _numpy_dtype(graph_types[b.native])) for b in inputs}
+        self.fetches = {b.spec.name: b.native for b in outputs}
 
     @classmethod
     def load(cls, artifact: Path, name: str, version: str, config: ModelConfig) -> OnnxModel:
@@ -130,10 +130,10 @@ class OnnxModel(Model):
     def predict(self, inputs: Arrays, outputs: Sequence[str] | None = None) -> Arrays:
         feed = {}
         for name, array in inputs.items():
-            native, dtype = self._feeds[name]
+            native, dtype = self.feeds[name]
             feed[native] = _as_strings(array) if dtype is None else array.astype(dtype, copy=False)
-        names = list(self._fetches) if outputs is None else list(outputs)
-        results = self._session.run([self._fetches[name] for name in names], feed)
+        names = list(self.fetches) if outputs is None else list(outputs)
+        results = self.session.run([self.fetches[name] for name in names], feed)
         return dict(zip(names, results, strict=True))
 
 

@@ -352,7 +352,8 @@ def test_the_event_loop_runs_while_the_model_computes(tmp_path: Path) -> None:
 
 
 def test_inline_calls_run_on_the_event_loop(tmp_path: Path) -> None:
-    """By default the model runs in the request's handler, on the loop's own thread."""
+    """By default the model runs in the request's handler, on the loop's own thread, and a
+    plain request takes the fused path (gateway.onnx_fused)."""
     x, _ = iris()
     model_dir = tmp_path / "m"
     export_onnx(
@@ -368,13 +369,14 @@ def test_inline_calls_run_on_the_event_loop(tmp_path: Path) -> None:
         runner = InProcessRunner(model.versions["1"], model.config, GatewaySettings())
         runner.start()
         await runner.wait_settled(30)
-        answer = runner._servicer.answer
+        assert runner._fused is not None
+        run = runner._fused._run
 
-        def watched(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        def watched(*args: Any) -> Any:
             threads.append(threading.current_thread())
-            return answer(request)
+            return run(*args)
 
-        runner._servicer.answer = watched  # type: ignore[method-assign]
+        runner._fused._run = watched
         try:
             return await runner.infer(message, 5.0)
         finally:
