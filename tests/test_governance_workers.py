@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import joblib
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 
 from greenroom_client import Client
@@ -124,6 +125,17 @@ def served_by_each(
             assert reply.model_version == version
 
 
+def _two_workers(
+    repo: Path, data_dir: Path, ledger: str, request: pytest.FixtureRequest
+) -> GatewayProcess:
+    """A two-worker gateway whose ledger is SQLite in ``data_dir`` or a fresh PostgreSQL
+    database: numbering reads the versions' records, and the two differ in locking."""
+    extra: list[str] = []
+    if ledger == "postgresql":
+        extra = ["--database-url", request.getfixturevalue("pg_cluster").create_database()]
+    return GatewayProcess(repo, data_dir, *extra, env={"GREENROOM_WORKERS": "2"})
+
+
 def _registration(model: str, artifact: Path) -> cpb.RegisterRequest:
     return cpb.RegisterRequest(
         model=model, artifact_name="model.joblib", artifact=artifact.read_bytes(),
@@ -131,7 +143,10 @@ def _registration(model: str, artifact: Path) -> cpb.RegisterRequest:
     )  # fmt: skip
 
 
-def test_registrations_through_two_workers_at_once_take_two_numbers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
+def test_registrations_through_two_workers_at_once_take_two_numbers(
+    tmp_path: Path, ledger: str, request: pytest.FixtureRequest
+) -> None:
     """Each worker numbers a registration from its own view of the model: two at once
     both picked 2, and one failed ALREADY_EXISTS. The directory's rename now claims the
     number, and the loser takes the next."""
@@ -141,7 +156,7 @@ def test_registrations_through_two_workers_at_once_take_two_numbers(tmp_path: Pa
     artifacts = [tmp_path / "a.joblib", tmp_path / "b.joblib"]
     joblib.dump(LogisticRegression().fit(x, y), artifacts[0])
     joblib.dump(LogisticRegression(C=0.1).fit(x, y), artifacts[1])
-    gateway = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_WORKERS": "2"})
+    gateway = _two_workers(repo, tmp_path / "data", ledger, request)
     try:
         workers = one_channel_per_worker(gateway.target, x[:2], "m", "1")
         messages = {
@@ -155,8 +170,9 @@ def test_registrations_through_two_workers_at_once_take_two_numbers(tmp_path: Pa
         gateway.stop()
 
 
+@pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
 def test_a_new_models_first_version_registered_through_two_workers_at_once(
-    tmp_path: Path,
+    tmp_path: Path, ledger: str, request: pytest.FixtureRequest
 ) -> None:
     """The second worker finds the model's directory made by the first: it attaches the
     model if that registration is done (and registers the next version), or answers
@@ -166,7 +182,7 @@ def test_a_new_models_first_version_registered_through_two_workers_at_once(
     x, y = data(400, 1)
     artifact = tmp_path / "a.joblib"
     joblib.dump(LogisticRegression().fit(x, y), artifact)
-    gateway = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_WORKERS": "2"})
+    gateway = _two_workers(repo, tmp_path / "data", ledger, request)
     try:
         workers = one_channel_per_worker(gateway.target, x[:2], "m", "1")
         message = _registration("fresh", artifact)
