@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -600,6 +601,31 @@ def test_duplicate_feedback_last_wins_and_is_counted(ledger: Ledger) -> None:
     batch = [("a", 0, "virginica"), ("b", 0, "setosa"), ("b", 0, "versicolor")]
     assert ledger.add_feedback("iris", batch) == FeedbackResult(3, 3, 0, 2)
     assert truths(ledger) == {("a", 0, "v1"): "virginica", ("b", 0, "v1"): "versicolor"}
+
+
+def test_the_same_label_sent_at_once_counts_every_duplicate(url: str) -> None:
+    """Threads sending the same (request id, row) at once, each through its own
+    connection: every label but the first is a duplicate, whatever the interleaving.
+    (The count was read before the upsert, so two at once could both read none.)"""
+    senders, rounds = 4, 5
+    ledgers = [Ledger(url, flush_interval_s=0.01) for _ in range(senders)]
+    for each in ledgers:
+        each.start()
+    try:
+        record_all(ledgers[0], [answer(f"r{k}") for k in range(rounds)])
+        for k in range(rounds):
+            barrier = threading.Barrier(senders)
+
+            def send(each: Ledger, k: int = k, barrier: threading.Barrier = barrier) -> int:
+                barrier.wait()
+                return each.add_feedback("iris", [(f"r{k}", 0, "setosa")]).duplicates
+
+            with ThreadPoolExecutor(senders) as pool:
+                counts = list(pool.map(send, ledgers))
+            assert sorted(counts) == [0] + [1] * (senders - 1), (k, counts)
+    finally:
+        for each in ledgers:
+            each.stop()
 
 
 def test_feedback_is_per_model(ledger: Ledger) -> None:

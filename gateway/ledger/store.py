@@ -203,8 +203,11 @@ class Store:
         with self.engine.begin() as connection:
             answered = _answered_rows(connection, model, {request_id for request_id, _ in latest})
             _check_rows(items, answered, first)
-            known = _existing_keys(connection, model, latest)
             _upsert_feedback(connection, model, latest, now)
+            # Read after the upsert, in its transaction: each row is then locked (the whole
+            # database, in SQLite) until the commit, so that of labels for one key sent
+            # at once, exactly one finds itself the first (revisions 1).
+            known = _revised_keys(connection, model, latest)
         matched = sum(row < answered.get(request_id, 0) for request_id, row, _ in items)
         return FeedbackResult(
             accepted=len(items),
@@ -494,8 +497,9 @@ def _truths_of(
     return truth
 
 
-def _existing_keys(connection: sa.Connection, model: str, keys: Iterable[Key]) -> set[Key]:
-    """Which of ``keys`` already have feedback, looked up by request id."""
+def _revised_keys(connection: sa.Connection, model: str, keys: Iterable[Key]) -> set[Key]:
+    """Which of ``keys`` had feedback before this transaction's upsert (which counts one
+    revision per key), looked up by request id."""
     wanted = set(keys)
     request_ids = sorted({request_id for request_id, _ in wanted})
     f = feedback
@@ -503,7 +507,7 @@ def _existing_keys(connection: sa.Connection, model: str, keys: Iterable[Key]) -
     for start in range(0, len(request_ids), IN_CHUNK):
         chunk = request_ids[start : start + IN_CHUNK]
         query = sa.select(f.c.request_id, f.c.row).where(
-            f.c.model == model, f.c.request_id.in_(chunk)
+            f.c.model == model, f.c.request_id.in_(chunk), f.c.revisions > 1
         )
         found.update((r[0], r[1]) for r in connection.execute(query))
     return found & wanted
