@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,7 +34,9 @@ from greenroom_client.signature import shape_matches
 from greenroom_client.tensors import DTYPES
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from runners.model import Model
-from runners.onnx_model import OnnxModel
+
+if TYPE_CHECKING:  # onnxruntime is loaded by the first ONNX model, not by the gateway
+    from runners.onnx_model import OnnxModel
 
 # Raw BOOL and BYTES need the general path's element checks.
 _PLAIN = frozenset(DTYPES) - {"BOOL", "BYTES"}
@@ -108,6 +110,8 @@ class FusedOnnx:
         """The fused path for ``model``, or None when its requests never fit it: not
         ONNX, a check of its own, output parameters, or a tensor that needs a cast or a
         datatype the general path checks element by element."""
+        from runners.onnx_model import OnnxModel  # noqa: PLC0415 (see the import above)
+
         if not isinstance(model, OnnxModel) or type(model).check is not Model.check:
             return None
         if model.output_parameters:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -385,3 +387,12 @@ def test_inline_calls_run_on_the_event_loop(tmp_path: Path) -> None:
     reply = pb.ModelInferResponse.FromString(asyncio.run(scenario()))
     assert reply.id == "i-1" and outputs(reply)["label"].shape == (2,)
     assert threads == [threading.main_thread()]
+
+
+def test_the_gateway_loads_onnxruntime_only_for_an_onnx_model() -> None:
+    """Every gateway builds its backends through gateway.inprocess; importing it must not
+    cost a gateway without in-process models ONNX Runtime's memory (about 18 MB RSS)."""
+    modules = "gateway.cli, gateway.server, gateway.inprocess, gateway.workers, gateway.worker"
+    code = f"import sys, {modules}; print('onnxruntime' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
