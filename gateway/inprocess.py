@@ -135,6 +135,7 @@ class InProcessRunner:
         # Queued calls are cancelled; a model call already running finishes on its own.
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._servicer.serving = None
+        self._fused = None  # it holds the session too
 
     def _set(self, state: RunnerState, reason: str) -> None:
         if state != self.state or reason != self.reason:

@@ -62,8 +62,8 @@ class _Input:
             return None
         if len(self.nbytes) >= MAX_SHAPES:
             self.nbytes.clear()
-        self.nbytes[shape] = math.prod(shape) * self.dtype.itemsize
-        return self.nbytes[shape]
+        length = self.nbytes[shape] = math.prod(shape) * self.dtype.itemsize
+        return length
 
 
 @dataclass(slots=True)
@@ -87,15 +87,15 @@ class _Output:
         )
         if len(self.encoded) >= MAX_SHAPES:
             self.encoded.clear()
-        self.encoded[shape] = length_delimited(_OUTPUTS, tensor.SerializeToString())
-        return self.encoded[shape]
+        header = self.encoded[shape] = length_delimited(_OUTPUTS, tensor.SerializeToString())
+        return header
 
 
 class FusedOnnx:
     """The plain case of one ONNX model version (see the module docstring)."""
 
     def __init__(self, model: OnnxModel, inputs: dict[str, _Input], outputs: list[_Output]):
-        self.version = model.version
+        self.name, self.version = model.name, model.version
         self._run = model.session.run
         self._inputs = inputs
         self._outputs = outputs
@@ -131,14 +131,16 @@ class FusedOnnx:
 
     def answer(self, request: pb.ModelInferRequest) -> bytes | None:
         """The serialized response, or None to take the general path."""
-        if request.outputs or request.model_version not in ("", self.version):
+        if request.outputs or request.model_name != self.name:
             return None
-        feed = self._feed(request)
-        if feed is None:
+        if request.model_version not in ("", self.version):
             return None
         try:
+            feed = self._feed(request)
+            if feed is None:
+                return None
             results = self._run(self._fetches, feed)
-        except Exception:  # the general path runs it again and reports the error
+        except Exception:  # ONNX Runtime's or numpy's: the general path reports it
             return None
         parts = [self._head]
         if request.id:
@@ -153,7 +155,8 @@ class FusedOnnx:
 
     def _feed(self, request: pb.ModelInferRequest) -> dict[str, Any] | None:
         raws, tensors = request.raw_input_contents, request.inputs
-        if len(raws) != len(self._inputs) or len(tensors) != len(raws):
+        # No raw contents at all (a model without inputs): the general path answers typed.
+        if not raws or len(raws) != len(self._inputs) or len(tensors) != len(raws):
             return None
         feed: dict[str, Any] = {}
         for tensor, raw in zip(tensors, raws, strict=True):

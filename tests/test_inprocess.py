@@ -354,8 +354,9 @@ def test_the_event_loop_runs_while_the_model_computes(tmp_path: Path) -> None:
 
 
 def test_inline_calls_run_on_the_event_loop(tmp_path: Path) -> None:
-    """By default the model runs in the request's handler, on the loop's own thread, and a
-    plain request takes the fused path (gateway.onnx_fused)."""
+    """By default the model runs in the request's handler, on the loop's own thread: a
+    plain request through the fused path (gateway.onnx_fused), a typed one through the
+    general path."""
     x, _ = iris()
     model_dir = tmp_path / "m"
     export_onnx(
@@ -364,29 +365,37 @@ def test_inline_calls_run_on_the_event_loop(tmp_path: Path) -> None:
         model_dir / "1" / "model.onnx",
     )
     model = load_model(model_dir)
-    message = request("m", {"input": x[:2]}, id="i-1").SerializeToString()
-    threads: list[threading.Thread] = []
+    plain = request("m", {"input": x[:2]}, id="i-1").SerializeToString()
+    typed = request("m", {"input": x[:3]}, raw=False, id="i-2").SerializeToString()
+    calls: list[tuple[str, threading.Thread]] = []
 
-    async def scenario() -> bytes:
+    async def scenario() -> list[bytes]:
         runner = InProcessRunner(model.versions["1"], model.config, GatewaySettings())
         runner.start()
         await runner.wait_settled(30)
         assert runner._fused is not None
-        run = runner._fused._run
+        run, answer = runner._fused._run, runner._servicer.answer
 
-        def watched(*args: Any) -> Any:
-            threads.append(threading.current_thread())
+        def fused(*args: Any) -> Any:
+            calls.append(("fused", threading.current_thread()))
             return run(*args)
 
-        runner._fused._run = watched
+        def general(message: pb.ModelInferRequest) -> pb.ModelInferResponse:
+            calls.append(("general", threading.current_thread()))
+            return answer(message)
+
+        runner._fused._run = fused
+        runner._servicer.answer = general  # type: ignore[method-assign,assignment]
         try:
-            return await runner.infer(message, 5.0)
+            return [await runner.infer(plain, 5.0), await runner.infer(typed, 5.0)]
         finally:
             await runner.stop()
 
-    reply = pb.ModelInferResponse.FromString(asyncio.run(scenario()))
-    assert reply.id == "i-1" and outputs(reply)["label"].shape == (2,)
-    assert threads == [threading.main_thread()]
+    first, second = (pb.ModelInferResponse.FromString(r) for r in asyncio.run(scenario()))
+    assert first.id == "i-1" and outputs(first)["label"].shape == (2,)
+    assert second.id == "i-2" and outputs(second)["label"].shape == (3,)
+    main = threading.main_thread()
+    assert calls == [("fused", main), ("general", main)]
 
 
 def test_the_gateway_loads_onnxruntime_only_for_an_onnx_model() -> None:

@@ -62,6 +62,18 @@ def _load(repo: Path, name: str, yaml: str = "") -> Model:
     return load_model(repo / name / "1", name, "1", load_model_config(repo / name))
 
 
+def _small_graph(
+    path: Path, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto]
+) -> None:
+    """One FP32 output ``y`` of any shape."""
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "small", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fused")
@@ -73,6 +85,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     for name in ("graph", "renamed", "cast"):
         _graph(root / name / "1" / "model.onnx")
+    constant = helper.make_tensor("c", TensorProto.FLOAT, [1, 2], [1.5, 2.5])
+    _small_graph(
+        root / "constant" / "1" / "model.onnx",
+        [helper.make_node("Constant", [], ["y"], value=constant)],
+        [],
+    )
+    _small_graph(
+        root / "identity" / "1" / "model.onnx",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+    )
     return root
 
 
@@ -209,3 +232,36 @@ def test_models_it_never_serves(repo: Path) -> None:
         "  - {name: c, datatype: INT64, shape: [2, -1]}\n",
     )
     assert FusedOnnx.of(cast) is None
+
+
+def test_a_model_without_inputs_is_answered_by_the_general_path(repo: Path) -> None:
+    """An empty request has no raw contents, so the general path answers in typed form;
+    the fused path, which writes raw, must leave it alone."""
+    model = _load(repo, "constant")
+    fused = FusedOnnx.of(model)
+    assert fused is not None
+    request = pb.ModelInferRequest(model_name="constant")
+    assert fused.answer(request) is None
+    assert pb.ModelInferResponse.FromString(_general(model)(request)).outputs[0].shape == [1, 2]
+
+
+def test_a_shape_numpy_cannot_hold_is_declined_not_raised(repo: Path) -> None:
+    """[0, 2**62] holds no element, so it needs 0 bytes and passes the checks; numpy
+    cannot make the array. The general path answers INTERNAL (and the gateway records
+    it); the fused path must decline rather than raise past the gateway's recording."""
+    model = _load(repo, "identity")
+    fused = FusedOnnx.of(model)
+    assert fused is not None
+    request = pb.ModelInferRequest(model_name="identity")
+    request.inputs.add(name="x", datatype="FP32", shape=[0, 2**62])
+    request.raw_input_contents.append(b"")
+    assert fused.answer(request) is None
+    fine = _request("identity", {"x": np.ones((2, 3), dtype=np.float32)})
+    assert fused.answer(fine) == _general(model)(fine)
+
+
+def test_another_models_request_is_declined(repo: Path) -> None:
+    model = _load(repo, "graph")
+    fused = FusedOnnx.of(model)
+    assert fused is not None
+    assert fused.answer(_request("iris", _graph_inputs(2))) is None
