@@ -1,6 +1,6 @@
 """Control commands of the ``greenroom`` CLI: deployments, feedback, reports, decisions.
 
-    greenroom deploy MODEL --primary V [--canary V:WEIGHT] [--shadow V:FRACTION ...] [--reason TEXT]
+    greenroom deploy MODEL --primary V [--canary V:WEIGHT] [--shadow V:FRACTION ...] --reason TEXT
     greenroom deployment MODEL [--json]
     greenroom history MODEL [--json]
     greenroom promote MODEL V --reason TEXT [--old-primary-shadow FRACTION]
@@ -292,12 +292,12 @@ def register(sub: Any) -> None:
     deploy.add_argument("--primary", required=True)
     deploy.add_argument("--canary", type=version_share, metavar="V:WEIGHT")
     deploy.add_argument("--shadow", type=version_share, action="append", metavar="V:FRACTION")
-    deploy.add_argument("--reason", default="")
+    deploy.add_argument("--reason", required=True, help="why: kept in the model's history")
     _command(sub, "deployment", "show a model's deployment", cmd_deployment)
     _command(sub, "history", "the model's journal: every change, with reasons", cmd_history)
     promote = _command(sub, "promote", "make a version the primary", cmd_promote)
     promote.add_argument("version")
-    promote.add_argument("--reason", required=True)
+    promote.add_argument("--reason", required=True, help="why: kept in the model's history")
     promote.add_argument("--old-primary-shadow", type=float, default=None, metavar="FRACTION")
     feedback = _command(sub, "feedback", "send ground truth from a csv or jsonl file", cmd_feedback)
     feedback.add_argument("--file", type=Path, required=True)

@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 # A deployment change that keeps losing to changes saved elsewhere gives up (ABORTED).
 CHANGE_ATTEMPTS = 5
+# What a journal kind is called in the message that refuses it without a reason.
+CHANGE_NAMES = {"deployment": "a deployment change", "promotion": "a promotion"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,15 @@ def _pair(row: PairedRow, task: Task) -> Pair | ErrorPair | None:
     if truth is None or row.primary_value is None or row.candidate_value is None:
         return None
     return ErrorPair(abs(row.primary_value - truth), abs(row.candidate_value - truth))
+
+
+def _require_reason(reason: str, kind: str) -> None:
+    """Every change of what serves is journaled with why: the history is how a team
+    finds out later what happened and who decided it, so a change without a reason (or
+    with only blanks) is refused before anything is saved."""
+    if not reason.strip():
+        what = CHANGE_NAMES.get(kind, f"a {kind}")
+        raise InvalidArgument(f"{what} needs a reason: say why (it is kept in the history)")
 
 
 def _still_decided(current: Deployment, decided_on: Deployment, version: str) -> None:
@@ -156,7 +167,10 @@ class ControlPlane:
         if another gateway (or worker) on the same database changed it meanwhile, that
         deployment is taken up and the change applied to it instead (ABORTED after
         ``CHANGE_ATTEMPTS`` such races). Once its save has begun, a change finishes even
-        if its caller is cancelled."""
+        if its caller is cancelled. Refused (INVALID_ARGUMENT, nothing changed) without a
+        reason, whoever asks: the API, the CLI, the policy or a retraining run."""
+        self.router.model(model)  # an unknown or empty name says so before the reason
+        _require_reason(reason, kind)
         async with self.changes:
             for _ in range(CHANGE_ATTEMPTS):
                 current = self.router.deployment(model)

@@ -116,7 +116,6 @@ class DeploymentsServicer(cpb_grpc.DeploymentsServicer):
     @edge
     async def SetDeployment(self, request: cpb.SetDeploymentRequest, _: Any) -> cpb.Deployment:
         deployment = deployment_from_pb(request.deployment)
-        self.control.router.model(deployment.model)
         changed = await self.control.set_deployment(deployment, request.reason, "api")
         return deployment_to_pb(changed)
 
@@ -134,8 +133,6 @@ class DeploymentsServicer(cpb_grpc.DeploymentsServicer):
                 request.model
             ).config.promotion.old_primary_shadow_fraction
         )
-        if not request.reason:
-            raise InvalidArgument("a promotion needs a reason")
         changed = await self.control.promote(
             request.model, request.version, request.reason, fraction, "api"
         )

@@ -37,6 +37,7 @@ from gateway.ledger.records import JournalEntry, Reference, VersionRecord
 from gateway.prediction import Predict
 from gateway.replicas import Backend
 from gateway.repository import ARTIFACTS, ModelEntry, VersionEntry, version_key
+from gateway.router import require_model_name
 from gateway.settings import GatewaySettings
 from gateway.validation import ValidationResult, load_checks, validate
 from greenroom_client.errors import Aborted, FailedPrecondition, InvalidArgument
@@ -216,6 +217,7 @@ class Governor:
         """Stage the artifact, prove it loads in a runner, record it, then serve it. A
         model the gateway does not serve yet is created (its directory, no model.yaml).
         A caller that goes away (a client's deadline) does not stop it half done."""
+        require_model_name(model)  # a new model is not looked up, so not checked there
         if self.launcher is None:
             raise FailedPrecondition("this gateway cannot start runners for new versions")
         registry.check_metadata(metadata)

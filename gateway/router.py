@@ -16,8 +16,16 @@ from gateway.recording import OutputRoles
 from gateway.replicas import Backend
 from gateway.repository import ModelEntry
 from gateway.supervisor import Signature
-from greenroom_client.errors import ModelNotFound, Unavailable, VersionNotFound
+from greenroom_client.errors import InvalidArgument, ModelNotFound, Unavailable, VersionNotFound
 from greenroom_client.tensors import TensorSpec
+
+
+def require_model_name(name: str) -> None:
+    """An empty name is the caller's mistake (a field left unset), not a model missing
+    from the repository: INVALID_ARGUMENT, as ModelInfer says, on every RPC, so a client
+    can tell "fill in the name" from "that model is not served here"."""
+    if not name:
+        raise InvalidArgument("model name is empty: name the model")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,9 @@ class Router:
         self.deployments = {name: Deployment(name, m.primary) for name, m in models.items()}
 
     def model(self, name: str) -> ModelEntry:
+        """The served model ``name``: every lookup by name passes here, and so every RPC
+        that takes one refuses an empty name the same way."""
+        require_model_name(name)
         entry = self.models.get(name)
         if entry is None:
             raise ModelNotFound(name)

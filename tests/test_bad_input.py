@@ -9,10 +9,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from greenroom_client.control import ControlClient
+from greenroom_proto.greenroom.v1 import control_pb2 as cpb
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import GatewayProcess
@@ -254,3 +257,75 @@ def test_malformed_requests_never_crash_or_wedge(
             assert error.details()
     # The gateway still answers a good request after every malformed one.
     assert stub.ModelInfer(request("iris", {"input": ROW}), timeout=10).outputs
+
+
+# Every RPC that takes a model, with an empty name and every other field filled in, so
+# that only the name is wrong. (ModelStreamInfer shares ModelInfer's check.)
+EMPTY_NAME: dict[str, Message] = {
+    "ModelReady": pb.ModelReadyRequest(name="", version="1"),
+    "ModelMetadata": pb.ModelMetadataRequest(name=""),
+    "ModelInfer": request("", {"input": ROW}),
+    "GetDeployment": cpb.GetDeploymentRequest(model=""),
+    "SetDeployment": cpb.SetDeploymentRequest(
+        deployment=cpb.Deployment(model="", primary="1"), reason="a reason"
+    ),
+    "GetHistory": cpb.GetHistoryRequest(model=""),
+    "Promote": cpb.PromoteRequest(model="", version="2", reason="a reason"),
+    "SendFeedback": cpb.FeedbackBatch(
+        model="", items=[cpb.FeedbackItem(request_id="r", label="1")]
+    ),
+    "StreamFeedback": cpb.FeedbackBatch(
+        model="", items=[cpb.FeedbackItem(request_id="r", label="1")]
+    ),
+    "Report": cpb.ReportRequest(model=""),
+    "Decide": cpb.DecideRequest(model="", candidate="2"),
+    "Register": cpb.RegisterRequest(model="", artifact_name="model.joblib", artifact=b"x"),
+    "ListVersions": cpb.ListVersionsRequest(model=""),
+    "Drift": cpb.DriftRequest(model="", version="1"),
+    "FreezeReference": cpb.FreezeReferenceRequest(model="", version="1"),
+    "ReportOverTime": cpb.ReportOverTimeRequest(model="", by="day"),
+    "Validate": cpb.ValidateRequest(model="", version="1"),
+    "Retrain": cpb.RetrainRequest(model="", reason="a reason"),
+    "Backtest": cpb.BacktestRequest(model="", versions=["1"]),
+}
+SERVICES = [
+    pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    *cpb.DESCRIPTOR.services_by_name.values(),
+]
+
+
+def _takes_a_model(method: MethodDescriptor) -> bool:
+    fields = method.input_type.fields_by_name
+    return bool({"model", "name", "model_name", "deployment"} & set(fields))
+
+
+def _call(channel: grpc.Channel, method: MethodDescriptor, message: Message) -> grpc.RpcError:
+    """``method`` called with ``message`` (a stream of one when it takes a stream); only
+    its error is read, so its answer is left as bytes."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    serialize = type(message).SerializeToString
+    with pytest.raises(grpc.RpcError) as info:
+        if method.client_streaming:
+            channel.stream_unary(path, serialize)(iter([message]), timeout=10)
+        else:
+            channel.unary_unary(path, serialize)(message, timeout=10)
+    return info.value
+
+
+def test_an_empty_model_name_is_invalid_on_every_rpc(gateway: GatewayProcess) -> None:
+    """An empty name is a request with a field left out (INVALID_ARGUMENT), not a model
+    that is not served (NOT_FOUND): the same answer from every RPC that takes one. The
+    list is checked against the protos, so a new RPC that takes a model must join it."""
+    methods = {
+        m.name: m
+        for s in SERVICES
+        for m in s.methods
+        if _takes_a_model(m) and not m.server_streaming
+    }
+    assert set(methods) == set(EMPTY_NAME), "an RPC that takes a model is missing here"
+    with grpc.insecure_channel(gateway.target) as channel:
+        for name, message in EMPTY_NAME.items():
+            error = _call(channel, methods[name], message)
+            words = "model_name is empty" if name == "ModelInfer" else "model name is empty"
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, error.details())
+            assert words in (error.details() or ""), (name, error.details())

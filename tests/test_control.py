@@ -50,13 +50,14 @@ def test_bad_control_input_changes_nothing(churn_gateway: GatewayProcess, tmp_pa
     with ControlClient(churn_gateway.target) as control:
         before = control.deploy("churn", "1", shadows={"2": 0.5}, reason="start")
         history = control.history("churn")
-        refused(lambda: control.deploy("nope", "1"), NotFound, "model 'nope'")
-        refused(lambda: control.deploy("churn", "9"), NotFound, "no version '9'")
-        refused(lambda: control.deploy("churn", "1", shadows={"2": 1.5}), InvalidArgument,
+        deploy = functools.partial(control.deploy, reason="bad on purpose")
+        refused(lambda: deploy("nope", "1"), NotFound, "model 'nope'")
+        refused(lambda: deploy("churn", "9"), NotFound, "no version '9'")
+        refused(lambda: deploy("churn", "1", shadows={"2": 1.5}), InvalidArgument,
                 "shadow 2 fraction must be between 0 and 1")  # fmt: skip
-        refused(lambda: control.deploy("churn", "1", canary=("2", -0.1)), InvalidArgument,
+        refused(lambda: deploy("churn", "1", canary=("2", -0.1)), InvalidArgument,
                 "canary 2 weight")  # fmt: skip
-        refused(lambda: control.deploy("churn", "1", shadows={"1": 1.0}), InvalidArgument,
+        refused(lambda: deploy("churn", "1", shadows={"1": 1.0}), InvalidArgument,
                 "version 1 of model 'churn' has more than one role")  # fmt: skip
         refused(lambda: control.promote("churn", "7", "why not"), NotFound, "no version '7'")
         refused(lambda: control.promote("churn", "2", ""), InvalidArgument, "needs a reason")
@@ -95,6 +96,30 @@ def test_bad_control_input_changes_nothing(churn_gateway: GatewayProcess, tmp_pa
     with ControlClient(churn_gateway.target) as control:
         report = control.report("churn")
     assert all(v["labelled"] == 0 for v in report["versions"])
+
+
+def test_a_deployment_change_without_a_reason_changes_nothing(
+    churn_gateway: GatewayProcess,
+) -> None:
+    """SetDeployment, like Promote, is refused without a reason (or with only blanks):
+    the history records why every change was made. Nothing is saved or put in force, and
+    the CLI will not send such a change at all."""
+    target = churn_gateway.target
+    with ControlClient(target) as control:
+        before = control.deployment("churn")
+        history = control.history("churn")
+        for reason in ("", "  "):
+            change = functools.partial(control.deploy, "churn", "1", shadows={"2": 1.0})
+            refused(functools.partial(change, reason=reason), InvalidArgument,
+                    "a deployment change needs a reason")  # fmt: skip
+            refused(functools.partial(control.promote, "churn", "2", reason), InvalidArgument,
+                    "a promotion needs a reason")  # fmt: skip
+        assert control.deployment("churn") == before
+        assert control.history("churn") == history
+    done = greenroom("deploy", "churn", "--primary", "1", "--shadow", "2:1.0", "--target", target)
+    assert done.returncode == 2 and "the following arguments are required: --reason" in done.stderr
+    with ControlClient(target) as control:
+        assert control.history("churn") == history
 
 
 def _timed_calls(target: str, rows: np.ndarray, n: int) -> list[tuple[float, object]]:

@@ -195,7 +195,7 @@ def test_validation_gates_shadow_and_promotion(tmp_path: Path, strong: Path) -> 
         with ControlClient(gateway.target) as control:
             control.register("m", strong)
             with pytest.raises(FailedPrecondition, match="has not passed validation"):
-                control.deploy("m", "1", shadows={"2": 1.0})
+                control.deploy("m", "1", shadows={"2": 1.0}, reason="not validated yet")
             weak = control.validate("m", "1")
             assert not weak["passed"] and weak["checks"][0]["value"] < 0.9
             result = control.validate("m", "2")

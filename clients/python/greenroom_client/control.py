@@ -165,8 +165,10 @@ class ControlClient(SyncChannel):
         *,
         canary: tuple[str, float] | None = None,
         shadows: Mapping[str, float] | None = None,
-        reason: str = "",
+        reason: str,
     ) -> dict[str, Any]:
+        """Replace the model's deployment whole. ``reason`` is required (the gateway
+        refuses an empty one): it is kept in the model's history beside the change."""
         message = cpb.Deployment(model=model, primary=primary)
         if canary is not None:
             message.canary.CopyFrom(cpb.Canary(version=canary[0], weight=canary[1]))
