@@ -258,19 +258,23 @@ class InferenceServicer:
 
     # ---- RPCs -------------------------------------------------------------------------
 
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        """What is left of the client's deadline (the settings' default without one)."""
+        remaining = context.time_remaining()
+        return self.settings.default_deadline_s if remaining is None else remaining
+
     @edge
     async def ModelInfer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        remaining = context.time_remaining()
-        timeout = self.settings.default_deadline_s if remaining is None else remaining
-        return await self.observed(raw, timeout, context)
+        return await self.observed(raw, self._timeout(context), context)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        """Triton's form: each request gets one response, or an error message in its place."""
+        """Triton's form: each request gets one response, or an error message in its place.
+        The stream's deadline bounds every request in it, as a unary call's does."""
         async for raw in requests:
             try:
-                reply = await self.observed(raw, self.settings.default_deadline_s, context)
+                reply = await self.observed(raw, self._timeout(context), context)
                 yield wire.length_delimited(2, reply)
             except Exception as exc:
                 _, message = _status(exc)

@@ -285,20 +285,13 @@ def test_requests_whose_deadline_passes_count_against_the_version(
         gateway.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ModelStreamInfer times each request with default_deadline_s, not the client's "
-    "deadline, so a request whose deadline passed is recorded CANCELLED (see the docstring)",
-)
 def test_a_stream_request_whose_deadline_passes_counts_against_the_version(
     repo: Path, tmp_path: Path
 ) -> None:
     """The stream form of the test above: the client was told DEADLINE_EXCEEDED, so the
-    row should say so and count against the version. It says CANCELLED instead:
-    ``InferenceServicer.ModelStreamInfer`` passes ``settings.default_deadline_s`` (30 s)
-    as the timeout where ``ModelInfer`` passes ``context.time_remaining()``, so
-    ``_cancelled`` takes the deadline's cancel for a client that gave up early (and the
-    runner call itself runs under 30 s, not the client's deadline)."""
+    row says so and counts against the version. (The stream used to time each request
+    with ``settings.default_deadline_s``, not what was left of the client's deadline, so
+    the deadline's cancel read as a client giving up early: CANCELLED.)"""
     gateway = GatewayProcess(repo, tmp_path)
     try:
         with grpc.insecure_channel(gateway.target) as channel:
