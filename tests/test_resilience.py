@@ -199,6 +199,19 @@ def statuses(gateway: GatewayProcess) -> dict[str, str]:
         return dict(db.execute("SELECT request_id, status FROM answers"))
 
 
+QUICK = np.array([0.0], dtype=np.float64)  # the slow model's seconds, for an answer at once
+
+
+def _cancelled_left_out(gateway: GatewayProcess) -> None:
+    """Request "gone" was recorded CANCELLED and "kept" OK; the version's report counts
+    "kept" alone, so no error."""
+    expected = {"gone": "CANCELLED", "kept": "OK"}
+    assert wait_until(lambda: statuses(gateway) == expected, 10), statuses(gateway)
+    with ControlClient(gateway.target) as control:
+        version = control.report("slow")["versions"][0]
+    assert (version["errors"], version["error_rate"]) == (0, 0.0)
+
+
 def test_a_request_its_client_cancels_is_recorded_as_cancelled(repo: Path, tmp_path: Path) -> None:
     """grpc.aio cancels the handler when the client cancels: the request still leaves its
     row (status CANCELLED), which the version's evaluation leaves out."""
@@ -210,13 +223,8 @@ def test_a_request_its_client_cancels_is_recorded_as_cancelled(repo: Path, tmp_p
             call = stub.ModelInfer.future(request("slow", {"seconds": seconds}, id="gone"))
             time.sleep(0.5)
             assert call.cancel()
-            quick = np.array([0.0], dtype=np.float64)
-            stub.ModelInfer(request("slow", {"seconds": quick}, id="kept"), timeout=20)
-        expected = {"gone": "CANCELLED", "kept": "OK"}
-        assert wait_until(lambda: statuses(gateway) == expected, 10), statuses(gateway)
-        with ControlClient(gateway.target) as control:
-            version = control.report("slow")["versions"][0]
-        assert (version["errors"], version["error_rate"]) == (0, 0.0)  # one row: "kept"
+            stub.ModelInfer(request("slow", {"seconds": QUICK}, id="kept"), timeout=20)
+        _cancelled_left_out(gateway)
     finally:
         gateway.stop()
 
@@ -244,15 +252,10 @@ def test_a_stream_request_its_client_cancels_is_recorded_as_cancelled(
             time.sleep(0.5)
             assert call.cancel()
             hang_up.set()
-            quick = np.array([0.0], dtype=np.float64)
-            kept = request("slow", {"seconds": quick}, id="kept")
+            kept = request("slow", {"seconds": QUICK}, id="kept")
             [reply] = stub.ModelStreamInfer(iter([kept]), timeout=20)
             assert not reply.error_message and reply.infer_response.id == "kept"
-        expected = {"gone": "CANCELLED", "kept": "OK"}
-        assert wait_until(lambda: statuses(gateway) == expected, 10), statuses(gateway)
-        with ControlClient(gateway.target) as control:
-            version = control.report("slow")["versions"][0]
-        assert (version["errors"], version["error_rate"]) == (0, 0.0)  # one row: "kept"
+        _cancelled_left_out(gateway)
     finally:
         gateway.stop()
 
