@@ -86,6 +86,15 @@ def _cancelled(latency_ms: float, timeout_s: float) -> str:
     return DeadlineExceeded.code if late else CANCELLED
 
 
+def _failure_code(exc: BaseException, latency_ms: float, timeout_s: float) -> str:
+    """The status a failed primary call is recorded with: the one the client is told."""
+    if isinstance(exc, GreenroomError):
+        return exc.code
+    if isinstance(exc, asyncio.CancelledError):
+        return _cancelled(latency_ms, timeout_s)
+    return InternalError.code
+
+
 def _parse(raw: bytes) -> pb.ModelInferRequest:
     try:
         return pb.ModelInferRequest.FromString(raw)
@@ -163,12 +172,13 @@ class InferenceServicer:
             reply = await plan.runner.infer(
                 raw, timeout, fan_out if plan.shadows else None, parsed=request
             )
-        except (GreenroomError, asyncio.CancelledError) as exc:
+        except (Exception, asyncio.CancelledError) as exc:
             # grpc.aio cancels the handler when the client cancels, or when the client's
             # deadline passes before the runner call's own timer (the same deadline) says
-            # so: the request stays on record either way, beside its shadow copy.
+            # so: the request stays on record either way, beside its shadow copy. So does
+            # one that met a bug (INTERNAL, as the client is told).
             latency = (time.perf_counter() - began) * 1e3
-            code = exc.code if isinstance(exc, GreenroomError) else _cancelled(latency, timeout)
+            code = _failure_code(exc, latency, timeout)
             self.recorder.failed(
                 request,
                 request_id=request_id,

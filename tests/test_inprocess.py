@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,8 +30,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from gateway.inprocess import InProcessRunner
-from gateway.repository import load_model
+from gateway.recording import Recorder
+from gateway.repository import load_model, scan
+from gateway.router import Router
+from gateway.server import RolesCache, open_ledger
+from gateway.servicer import InferenceServicer
 from gateway.settings import GatewaySettings
+from gateway.shadow import ShadowFanout
 from gateway.supervisor import RunnerState
 from greenroom_client.control import ControlClient
 from greenroom_client.errors import DeadlineExceeded
@@ -405,3 +411,49 @@ def test_the_gateway_loads_onnxruntime_only_for_an_onnx_model() -> None:
     code = f"import sys, {modules}; print('onnxruntime' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_request_that_meets_a_bug_is_still_recorded(tmp_path: Path) -> None:
+    """Whatever a backend raises, the primary's row is written: an exception that is not
+    a GreenroomError (a bug) is recorded INTERNAL, as the client is told, instead of
+    leaving no trace in the ledger."""
+    repo = tmp_path / "models"
+    x, y = iris()
+    export_onnx(
+        make_pipeline(LogisticRegression(max_iter=500)).fit(x, y),
+        4,
+        repo / "m" / "1" / "model.onnx",
+    )
+    (repo / "m" / "model.yaml").write_text("runner: inprocess\n")
+    settings = GatewaySettings(repo=repo, data_dir=tmp_path / "data")
+    message = request("m", {"input": x[:1]}, id="bitten").SerializeToString()
+
+    async def scenario() -> None:
+        models = scan(repo)
+        ledger = open_ledger(settings)
+        ledger.start()
+        runner = InProcessRunner(models["m"].versions["1"], models["m"].config, settings)
+        runner.start()
+        await runner.wait_settled(30)
+        router = Router(models, {("m", "1"): runner})
+        recorder = Recorder(ledger, RolesCache(router))
+        servicer = InferenceServicer(
+            router, settings, ShadowFanout.from_settings(settings), recorder
+        )
+
+        def bug(*_: Any) -> bytes:
+            raise RuntimeError("a bug")
+
+        runner._answer_inline = bug  # type: ignore[method-assign,assignment]
+        try:
+            with pytest.raises(RuntimeError):
+                await servicer.infer_bytes(message, 5.0)
+            assert ledger.flush(10)
+        finally:
+            await runner.stop()
+            ledger.stop()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(tmp_path / "data" / "ledger.db") as db:
+        rows = list(db.execute("SELECT request_id, version, role, status FROM answers"))
+    assert rows == [("bitten", "1", "primary", "INTERNAL")]
