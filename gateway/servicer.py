@@ -86,13 +86,17 @@ def _cancelled(latency_ms: float, timeout_s: float) -> str:
     return DeadlineExceeded.code if late else CANCELLED
 
 
+def _code_of(exc: Exception) -> str:
+    """The status name the client is told for ``exc`` (INTERNAL for a bug)."""
+    return exc.code if isinstance(exc, GreenroomError) else InternalError.code
+
+
 def _failure_code(exc: BaseException, latency_ms: float, timeout_s: float) -> str:
     """The status a failed primary call is recorded with: the one the client is told."""
-    if isinstance(exc, GreenroomError):
-        return exc.code
     if isinstance(exc, asyncio.CancelledError):
         return _cancelled(latency_ms, timeout_s)
-    return InternalError.code
+    assert isinstance(exc, Exception)
+    return _code_of(exc)
 
 
 def _parse(raw: bytes) -> pb.ModelInferRequest:
@@ -220,7 +224,7 @@ class InferenceServicer:
             reply = await self.router.resolve(model, version).infer(raw, timeout)
         except Exception as exc:
             latency = (time.perf_counter() - began) * 1e3
-            code = exc.code if isinstance(exc, GreenroomError) else "INTERNAL"
+            code = _code_of(exc)
             for copy in copies:
                 self.recorder.failed(
                     copy.request,
@@ -263,7 +267,7 @@ class InferenceServicer:
             if metrics is not None:
                 name = wire.leading_string(raw, 1)
                 model = name if name is not None and name in self.router.models else ""
-                metrics.refused(model, exc.code if isinstance(exc, GreenroomError) else "INTERNAL")
+                metrics.refused(model, _code_of(exc))
             raise
 
     # ---- RPCs -------------------------------------------------------------------------
