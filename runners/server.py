@@ -63,6 +63,7 @@ from runners.batching import INTERNAL_MESSAGE, Batcher, default_max_batch_size
 from runners.config import RunnerOptions, load_model_config
 from runners.framed import STATUS_OK, FramedServer
 from runners.model import Arrays, Model, load_model
+from runners.plain import PlainPath
 
 if TYPE_CHECKING:
     from runners.tracing import RunnerTracing
@@ -164,9 +165,11 @@ class Serving:
     datatypes: dict[str, str]
     all_outputs: list[str]
     check: SignatureCheck
+    plain: PlainPath | None  # None: no request is plain (runners.plain)
 
     @classmethod
-    def of(cls, model: Model, batcher: Batcher) -> Serving:
+    def of(cls, name: str, version: str, model: Model, batcher: Batcher) -> Serving:
+        plain = PlainPath.of(name, version, model.inputs, model.outputs, model.output_parameters)
         return cls(
             model,
             batcher,
@@ -174,6 +177,7 @@ class Serving:
             {s.name: s.datatype for s in model.outputs},
             [s.name for s in model.outputs],
             SignatureCheck(model.inputs, model.outputs),
+            plain,
         )
 
 
@@ -188,7 +192,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.tracing: RunnerTracing | None = None  # set when tracing is on
 
     def set_model(self, model: Model, batcher: Batcher) -> None:
-        self.serving = Serving.of(model, batcher)
+        self.serving = Serving.of(self.name, self.version, model, batcher)
         self.state = "READY"
 
     def _ready(self, name: str, version: str) -> Serving:
@@ -207,25 +211,50 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         log.error("inference failed", request_id=request_id, exc_info=exc)
         return InternalError(INTERNAL_MESSAGE)
 
-    def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    def _accepted(self, request: pb.ModelInferRequest) -> tuple[Serving, Arrays, list[str]]:
+        """The request checked and decoded: what serves it, its arrays, the outputs wanted."""
         serving = self._ready(request.model_name, request.model_version)
-        model = serving.model
         requested = [o.name for o in request.outputs]
-        given = [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in request.inputs]
-        serving.check(given, requested)
-        wanted = requested or serving.all_outputs
-        arrays = decode(request.inputs, request.raw_input_contents)
-        model.check(arrays)
+        arrays = None
+        if serving.plain is not None and not requested:
+            arrays = serving.plain.arrays(request)
+        if arrays is None:
+            given = [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in request.inputs]
+            serving.check(given, requested)
+            arrays = decode(request.inputs, request.raw_input_contents)
+        serving.model.check(arrays)
+        return serving, arrays, requested or serving.all_outputs
+
+    def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        serving, arrays, wanted = self._accepted(request)
         answer = serving.batcher.run(arrays, wanted, request.id)
+        return self._response(serving, request, answer, wanted)
+
+    def _infer_bytes(self, request: pb.ModelInferRequest) -> bytes:
+        """``_infer``'s response, serialized; written straight from the answer when the
+        request and the answer are plain (runners.plain)."""
+        serving, arrays, wanted = self._accepted(request)
+        answer = serving.batcher.run(arrays, wanted, request.id)
+        plain = serving.plain
+        if plain is not None and wanted is serving.all_outputs and request.raw_input_contents:
+            body = plain.response(request.id, answer)
+            if body is not None:
+                return body
+        return self._response(serving, request, answer, wanted).SerializeToString()
+
+    def _response(
+        self, serving: Serving, request: pb.ModelInferRequest, answer: Arrays, wanted: list[str]
+    ) -> pb.ModelInferResponse:
         response = pb.ModelInferResponse(
             model_name=self.name, model_version=self.version, id=request.id
         )
         raw = len(request.raw_input_contents) > 0
         outputs = _conform(answer, wanted, serving.specs)
         encode(response.outputs, response.raw_output_contents, outputs, raw, serving.datatypes)
-        if model.output_parameters:
+        parameters = serving.model.output_parameters
+        if parameters:
             for tensor in response.outputs:
-                for key, text in model.output_parameters.get(tensor.name, {}).items():
+                for key, text in parameters.get(tensor.name, {}).items():
                     tensor.parameters[key].string_param = text
         return response
 
@@ -246,7 +275,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except DecodeError:
             return grpc.StatusCode.INVALID_ARGUMENT.value[0], b"not a ModelInferRequest"
         try:
-            return STATUS_OK, self._infer(request).SerializeToString()
+            return STATUS_OK, self._infer_bytes(request)
         except Exception as exc:
             err = self._error(exc, request.id)
             return _status(err).value[0], err.message.encode()
