@@ -22,8 +22,8 @@ from greenroom_client.tensors import TensorSpec
 
 def require_model_name(name: str) -> None:
     """An empty name is the caller's mistake (a field left unset), not a model missing
-    from the repository: INVALID_ARGUMENT, as ModelInfer says, on every RPC, so a client
-    can tell "fill in the name" from "that model is not served here"."""
+    from the repository: INVALID_ARGUMENT, in the same words on every RPC (ModelInfer
+    too), so a client can tell "fill in the name" from "that model is not served here"."""
     if not name:
         raise InvalidArgument("model name is empty: name the model")
 

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from gateway import ids, wire
 from gateway.recording import CANCELLED, Recorder
-from gateway.router import Router, check_request, signature_of
+from gateway.router import Router, check_request, require_model_name, signature_of
 from gateway.settings import GatewaySettings
 from gateway.shadow import Copy, ShadowFanout, batched, merge_key, merged_request
 from gateway.supervisor import RunnerState
@@ -148,8 +148,7 @@ class InferenceServicer:
         request = _parse(raw)
         if len(raw) > self.settings.max_message_bytes:
             raise _size_problem(request, len(raw), self.settings.max_message_bytes)
-        if not request.model_name:
-            raise InvalidArgument("model_name is empty")
+        require_model_name(request.model_name)
         model, request_id = request.model_name, request.id
         structlog.contextvars.bind_contextvars(
             model=model, version=request.model_version, request_id=request_id

@@ -134,7 +134,7 @@ CASES = [
         "INVALID_ARGUMENT",
         ["2 entries for 1 tensors"],
     ),
-    ("empty model name", request("", {"input": ROW}), "INVALID_ARGUMENT", ["model_name is empty"]),
+    ("empty model name", request("", {"input": ROW}), "INVALID_ARGUMENT", ["model name is empty"]),
     (
         "unknown output",
         pb.ModelInferRequest(
@@ -326,6 +326,6 @@ def test_an_empty_model_name_is_invalid_on_every_rpc(gateway: GatewayProcess) ->
     with grpc.insecure_channel(gateway.target) as channel:
         for name, message in EMPTY_NAME.items():
             error = _call(channel, methods[name], message)
-            words = "model_name is empty" if name == "ModelInfer" else "model name is empty"
+            words = "model name is empty: name the model"
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, error.details())
-            assert words in (error.details() or ""), (name, error.details())
+            assert error.details() == words, (name, error.details())
