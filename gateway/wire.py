@@ -7,7 +7,7 @@ and re-encoding the tensors. Same for wrapping a serialized message as a submess
 
 from __future__ import annotations
 
-from runners.plain import length_delimited
+from runners.protowire import length_delimited
 
 __all__ = ["leading_string", "length_delimited", "with_string"]
 

@@ -29,32 +29,13 @@ from greenroom_client.signature import shape_matches
 from greenroom_client.tensors import DTYPES, TensorSpec
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from runners.model import Arrays
+from runners.protowire import length_delimited
 
 # Raw BOOL and BYTES need the general path's element checks.
 PLAIN_DATATYPES = frozenset(DTYPES) - {"BOOL", "BYTES"}
 # Shapes remembered per tensor at most (then it starts over), as SignatureCheck does.
 MAX_SHAPES = 256
 _ID, _OUTPUTS, _RAW_OUTPUTS = 3, 5, 6  # ModelInferResponse's field numbers
-_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
-
-
-def _varint(value: int) -> bytes:
-    if value < 0x80:  # tags and short lengths: the usual case, on every answer
-        return _ONE_BYTE[value]
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def length_delimited(field_number: int, payload: bytes) -> bytes:
-    """One encoded protobuf field of wire type 2 (string, bytes or submessage)."""
-    return _varint((field_number << 3) | 2) + _varint(len(payload)) + payload
 
 
 @dataclass(slots=True)
@@ -191,9 +172,11 @@ class PlainPath:
         if request_id:
             parts.append(length_delimited(_ID, request_id.encode()))
         raws = []
-        for out, array in zip(self.outputs, arrays, strict=True):
-            if not isinstance(array, np.ndarray):
+        for out, given in zip(self.outputs, arrays, strict=True):
+            if not isinstance(given, np.ndarray):
                 return None
+            # A subclass as the general path takes it: a masked array's data, unfilled.
+            array = np.asarray(given)
             header = out.header(array.shape)
             if header is None:
                 return None

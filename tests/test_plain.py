@@ -67,13 +67,36 @@ class Model:
 """
 
 
+ODD = """
+import numpy as np
+
+class Model:
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [-1, 3]},
+              {"name": "k", "datatype": "INT32", "shape": [-1]}]
+    outputs = [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]
+
+    def predict(self, inputs):
+        x, k = inputs["x"], inputs["k"]
+        kind = int(k[0]) if k.size else 0
+        if kind == 1:
+            return {"y": np.ma.masked_less(x, 0.5)}  # tobytes() would fill masked cells
+        if kind == 2:
+            return {"y": np.asfortranarray(x.astype(">f8"))}
+        if kind == 3:
+            return {"y": np.repeat(x, 2, axis=1)[:, ::2]}  # not contiguous
+        if kind == 4:
+            return {"y": np.asmatrix(x) if len(x) else x}
+        return {"y": x}
+"""
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("plain")
     x, y = iris()
     (root / "logreg" / "1").mkdir(parents=True)
     joblib.dump(LogisticRegression(max_iter=500).fit(x, y), root / "logreg" / "1" / "model.joblib")
-    for name, text in (("custom", CUSTOM), ("flags", FLAGS)):
+    for name, text in (("custom", CUSTOM), ("flags", FLAGS), ("odd", ODD)):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.py").write_text(text)
     return root
@@ -254,5 +277,20 @@ def test_a_model_with_bool_inputs_has_no_plain_path(repo: Path) -> None:
     servicer = _servicer(repo, "flags")
     assert servicer.serving is not None and servicer.serving.plain is None
     request = _request("flags", {"on": np.array([True, False, True])})
+    framed, general = _both(servicer, request)
+    assert framed[0] == "OK" and framed == general
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix, on purpose
+@pytest.mark.parametrize("kind", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", [0, 1, 4])
+def test_odd_arrays_are_written_as_the_general_path_writes_them(
+    repo: Path, kind: int, rows: int
+) -> None:
+    """A masked array (its data, not its fill values), big-endian Fortran order, a strided
+    view, an np.matrix."""
+    servicer = _servicer(repo, "odd")
+    x = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3) / 10
+    request = _request("odd", {"x": x, "k": np.full(rows, kind, dtype=np.int32)}, rid="r")
     framed, general = _both(servicer, request)
     assert framed[0] == "OK" and framed == general
