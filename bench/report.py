@@ -308,7 +308,24 @@ def _ledger_and_shadow_ratios(r: Results) -> list[Ratio]:
             _at_least(5000),
             r.ledger_rate.get("note", ""),
         ),
+        *_grown_ledger(r.ledger_rate.get("grown") or {}),
     ]
+
+
+def _grown_ledger(grown: dict[str, Any]) -> list[Ratio]:
+    """The writer into a ledger already holding many answers, by kind of request id."""
+    if not grown:
+        return []
+    held = f"{grown['held']:,}"
+    ordered, scattered = grown.get("time_ordered_rows_per_s"), grown.get("random_rows_per_s")
+    return [
+        Ratio(3, f"ledger rows/s into a ledger holding {held} answers, gateway-made ids", ordered,
+              note="time-ordered (UUID version 7, gateway.ids)"),
+        Ratio(3, f"ledger rows/s into a ledger holding {held} answers, random ids", scattered,
+              note="UUID version 4, as many clients send"),
+        Ratio(3, "gateway-made ids / random ids, rows/s into that ledger",
+              _divide(ordered, scattered)),
+    ]  # fmt: skip
 
 
 def _foreign_runner_ratios(r: Results) -> list[Ratio]:

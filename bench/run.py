@@ -600,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             record_rss(ctx, servers)
         say("measuring the ledger's writer (50,000 answers into SQLite) ...")
         ctx.results.ledger_rate = ledger_rate.measure()
+        say("... and into a ledger holding 300,000 answers, by kind of request id ...")
+        ctx.results.ledger_rate["grown"] = ledger_rate.measure_grown()
         say("timing the forest's model call: scikit-learn vs numpy kernels ...")
         ctx.results.tree_speed = tree_speed.measure(work / "models-rf")
         say("measuring memory: a gateway with four models ...")
