@@ -24,7 +24,9 @@ from greenroom_proto.inference import grpc_service_pb2 as pb
 from runners.config import RunnerOptions, load_model_config
 from runners.model import Model, load_model
 from runners.server import InferenceServicer, batcher_for
+from tests import request_edits
 from tests.models import export_onnx, iris
+from tests.request_edits import Edit
 
 
 def _graph(path: Path) -> None:
@@ -161,38 +163,12 @@ def test_renamed_tensors_and_a_fixed_dimension(repo: Path) -> None:
     assert fused.answer(wrong_width) is None  # [2, 5] against the declared [2, 4]
 
 
-def _declined_cases() -> dict[str, Callable[[pb.ModelInferRequest], None]]:
+def _declined_cases() -> dict[str, Edit]:
     def typed(r: pb.ModelInferRequest) -> None:
         r.ClearField("raw_input_contents")
         r.inputs[0].contents.fp64_contents.extend([1.0] * 6)
         r.inputs[1].contents.fp64_contents.extend([1.0] * 6)
         r.inputs[2].contents.int64_contents.extend([1] * 10)
-
-    def raw_and_typed(r: pb.ModelInferRequest) -> None:
-        r.inputs[0].contents.fp64_contents.extend([1.0] * 6)
-
-    def datatype(r: pb.ModelInferRequest) -> None:
-        r.inputs[0].datatype = "FP32"
-        r.raw_input_contents[0] = r.raw_input_contents[0][:24]
-
-    def unknown(r: pb.ModelInferRequest) -> None:
-        r.inputs[0].name = "z"
-
-    def twice(r: pb.ModelInferRequest) -> None:
-        r.inputs[1].name = "a"
-
-    def missing(r: pb.ModelInferRequest) -> None:
-        del r.inputs[2]
-        del r.raw_input_contents[2]
-
-    def short(r: pb.ModelInferRequest) -> None:
-        r.raw_input_contents[0] = r.raw_input_contents[0][:-8]
-
-    def negative(r: pb.ModelInferRequest) -> None:
-        r.inputs[0].shape[:] = [-2, 3]
-
-    def rank(r: pb.ModelInferRequest) -> None:
-        r.inputs[0].shape[:] = [6]
 
     def rows_disagree(r: pb.ModelInferRequest) -> None:  # ONNX Runtime refuses a + b
         r.inputs[1].shape[:] = [3, 3]
@@ -201,13 +177,8 @@ def _declined_cases() -> dict[str, Callable[[pb.ModelInferRequest], None]]:
     def outputs(r: pb.ModelInferRequest) -> None:
         r.outputs.add(name="total")
 
-    def version(r: pb.ModelInferRequest) -> None:
-        r.model_version = "2"
-
-    return {f.__name__: f for f in (
-        typed, raw_and_typed, datatype, unknown, twice, missing, short, negative, rank,
-        rows_disagree, outputs, version,
-    )}  # fmt: skip
+    own = (typed, rows_disagree, outputs)
+    return {**request_edits.common(), **{f.__name__: f for f in own}}
 
 
 @pytest.mark.parametrize("case", sorted(_declined_cases()))

@@ -11,7 +11,6 @@ declared FP64, its classes as an output parameter) and custom models written her
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -26,7 +25,9 @@ from greenroom_proto.inference import grpc_service_pb2 as pb
 from runners.config import load_model_config
 from runners.model import load_model
 from runners.server import InferenceServicer, batcher_for
+from tests import request_edits
 from tests.models import iris
+from tests.request_edits import Edit
 
 CUSTOM = """
 import numpy as np
@@ -189,36 +190,11 @@ def _custom_request(mode: int = 1, rows: int = 2) -> pb.ModelInferRequest:
     )
 
 
-def _edits() -> dict[str, Callable[[pb.ModelInferRequest], None]]:
+def _edits() -> dict[str, Edit]:
     def typed(r: pb.ModelInferRequest) -> None:
         r.ClearField("raw_input_contents")
         r.inputs[0].contents.fp32_contents.extend([1.0] * 6)
         r.inputs[1].contents.int_contents.extend([1, 1])
-
-    def raw_and_typed(r: pb.ModelInferRequest) -> None:
-        r.inputs[0].contents.fp32_contents.extend([1.0] * 6)
-
-    def datatype(r: pb.ModelInferRequest) -> None:
-        r.inputs[0].datatype = "FP64"
-
-    def unknown(r: pb.ModelInferRequest) -> None:
-        r.inputs[0].name = "z"
-
-    def twice(r: pb.ModelInferRequest) -> None:
-        r.inputs[1].name = "x"
-
-    def missing(r: pb.ModelInferRequest) -> None:
-        del r.inputs[1]
-        del r.raw_input_contents[1]
-
-    def short(r: pb.ModelInferRequest) -> None:
-        r.raw_input_contents[0] = r.raw_input_contents[0][:-4]
-
-    def negative(r: pb.ModelInferRequest) -> None:
-        r.inputs[0].shape[:] = [-2, 3]
-
-    def rank(r: pb.ModelInferRequest) -> None:
-        r.inputs[0].shape[:] = [6]
 
     def requested(r: pb.ModelInferRequest) -> None:
         r.outputs.add(name="doubled")
@@ -226,17 +202,12 @@ def _edits() -> dict[str, Callable[[pb.ModelInferRequest], None]]:
     def unknown_output(r: pb.ModelInferRequest) -> None:
         r.outputs.add(name="nope")
 
-    def version(r: pb.ModelInferRequest) -> None:
-        r.model_version = "2"
-
     def unholdable(r: pb.ModelInferRequest) -> None:  # no element, so 0 bytes; numpy refuses
         r.inputs[0].shape[:] = [0, 2**62]
         r.raw_input_contents[0] = b""
 
-    return {f.__name__: f for f in (
-        typed, raw_and_typed, datatype, unknown, twice, missing, short, negative, rank,
-        requested, unknown_output, version, unholdable,
-    )}  # fmt: skip
+    own = (typed, requested, unknown_output, unholdable)
+    return {**request_edits.common(), **{f.__name__: f for f in own}}
 
 
 # Declined by the servicer before the plain path reads the inputs.
