@@ -1,15 +1,26 @@
-"""Edits that take a valid raw request out of the plain case (runners.plain), for the
-tests that check a fast path declines what it must: each one a fault the general path
-refuses, or a request it answers another way. The request must have at least two raw
-inputs, the first of shape [rows, 3]."""
+"""Requests for the tests of the plain path (runners.plain) and the in-process lane's
+fused path: building one, and edits that take a valid raw request out of the plain case,
+each a fault the general path refuses or a request it answers another way (``common``:
+the request must have at least two raw inputs, the first of shape [rows, 3])."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
+from greenroom_client.tensors import encode
 from greenroom_proto.inference import grpc_service_pb2 as pb
 
 Edit = Callable[[pb.ModelInferRequest], None]
+
+
+def request(
+    name: str, arrays: dict[str, np.ndarray], *, raw: bool = True, rid: str = ""
+) -> pb.ModelInferRequest:
+    made = pb.ModelInferRequest(model_name=name, id=rid)
+    encode(made.inputs, made.raw_input_contents, arrays, raw)
+    return made
 
 
 def _raw_and_typed(r: pb.ModelInferRequest) -> None:

@@ -19,7 +19,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from gateway.onnx_fused import FusedOnnx
-from greenroom_client.tensors import encode
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from runners.config import RunnerOptions, load_model_config
 from runners.model import Model, load_model
@@ -27,6 +26,7 @@ from runners.server import InferenceServicer, batcher_for
 from tests import request_edits
 from tests.models import export_onnx, iris
 from tests.request_edits import Edit
+from tests.request_edits import request as _request
 
 
 def _graph(path: Path) -> None:
@@ -105,14 +105,6 @@ def _general(model: Model) -> Callable[[pb.ModelInferRequest], bytes]:
     servicer = InferenceServicer(model.name, model.version)
     servicer.set_model(model, batcher_for(model, RunnerOptions()))
     return lambda request: servicer.answer(request).SerializeToString()
-
-
-def _request(
-    name: str, arrays: dict[str, np.ndarray], *, raw: bool = True, rid: str = ""
-) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=name, id=rid)
-    encode(request.inputs, request.raw_input_contents, arrays, raw)
-    return request
 
 
 def _graph_inputs(rows: int, width: int = 5) -> dict[str, np.ndarray]:

@@ -20,7 +20,6 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from greenroom_client.errors import GreenroomError
-from greenroom_client.tensors import encode
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from runners.config import load_model_config
 from runners.model import load_model
@@ -28,6 +27,7 @@ from runners.server import InferenceServicer, batcher_for
 from tests import request_edits
 from tests.models import iris
 from tests.request_edits import Edit
+from tests.request_edits import request as _request
 
 CUSTOM = """
 import numpy as np
@@ -109,14 +109,6 @@ def _servicer(repo: Path, name: str) -> InferenceServicer:
     servicer = InferenceServicer(name, "1")
     servicer.set_model(model, batcher_for(model, config.runner))
     return servicer
-
-
-def _request(
-    name: str, arrays: dict[str, np.ndarray], *, raw: bool = True, rid: str = ""
-) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=name, id=rid)
-    encode(request.inputs, request.raw_input_contents, arrays, raw)
-    return request
 
 
 Outcome = tuple[str, bytes]
