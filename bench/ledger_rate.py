@@ -26,8 +26,10 @@ from gateway.ledger import Answer, Ledger
 
 
 def _random_id() -> str:
-    text = f"{random.getrandbits(128):032x}"
-    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{text[16:20]}-{text[20:]}"
+    """A version-4 UUID (random bits, version and variant set), as ``uuid4`` makes."""
+    bits = random.getrandbits(128) & ~(0xF << 76) & ~(0x3 << 62) | 0x4 << 76 | 0x2 << 62
+    text = f"{bits:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _answer(i: int, rid: str | None = None) -> Answer:
@@ -82,7 +84,7 @@ def measure_grown(held: int = 300_000, answers: int = 30_000) -> dict[str, Any]:
     out: dict[str, Any] = {"held": held, "answers": answers}
     for kind, make_id in (("time_ordered", request_id), ("random", _random_id)):
         with tempfile.TemporaryDirectory(prefix="greenroom-ledger-") as tmp:
-            ledger = Ledger.for_data_dir(Path(tmp), queue_items=held)
+            ledger = Ledger.for_data_dir(Path(tmp), queue_items=held + answers)
             ledger.start()
             _rows_per_s(ledger, held, make_id)
             out[f"{kind}_rows_per_s"] = round(_rows_per_s(ledger, answers, make_id), 1)

@@ -318,11 +318,15 @@ def _grown_ledger(grown: dict[str, Any]) -> list[Ratio]:
         return []
     held = f"{grown['held']:,}"
     ordered, scattered = grown.get("time_ordered_rows_per_s"), grown.get("random_rows_per_s")
+
+    def dropped(kind: str) -> int:
+        return int(grown.get(f"{kind}_dropped", 0))
+
     return [
-        Ratio(3, f"ledger rows/s into a ledger holding {held} answers, gateway-made ids", ordered,
-              note="time-ordered (UUID version 7, gateway.ids)"),
-        Ratio(3, f"ledger rows/s into a ledger holding {held} answers, random ids", scattered,
-              note="UUID version 4, as many clients send"),
+        Ratio(3, f"ledger rows/s, {held} held, gateway-made ids", ordered,
+              note=f"time-ordered (UUID 7, gateway.ids); dropped {dropped('time_ordered')}"),
+        Ratio(3, f"ledger rows/s, {held} held, random ids", scattered,
+              note=f"UUID version 4, as many clients send; dropped {dropped('random')}"),
         Ratio(3, "gateway-made ids / random ids, rows/s into that ledger",
               _divide(ordered, scattered)),
     ]  # fmt: skip

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from gateway.ids import request_id
 
 
@@ -24,11 +26,13 @@ def test_ids_carry_the_time_they_were_made() -> None:
     assert before <= made.int >> 80 <= after
 
 
-def test_ids_made_later_sort_later() -> None:
-    first = request_id()
-    time.sleep(0.002)
-    second = request_id()
-    assert first < second  # the text sorts as the time does: fixed-width lower-case hex
+def test_ids_made_later_sort_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = []
+    for millis in (999, 1_000, 1_001, 2**40):
+        monkeypatch.setattr(time, "time_ns", lambda m=millis: m * 1_000_000)
+        made.append(request_id())
+    assert made == sorted(made)  # the text sorts as the time does: fixed-width lower-case hex
+    assert [uuid.UUID(text).int >> 80 for text in made] == [999, 1_000, 1_001, 2**40]
 
 
 def test_ids_do_not_repeat() -> None:
