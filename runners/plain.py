@@ -93,8 +93,9 @@ class PlainOutput:
 class PlainPath:
     """The plain case of one model version's signature, for a runner's answer path."""
 
-    def __init__(self, name: str, version: str, inputs: dict[str, PlainInput],
-                 outputs: list[PlainOutput]) -> None:  # fmt: skip
+    def __init__(
+        self, name: str, version: str, inputs: dict[str, PlainInput], outputs: list[PlainOutput]
+    ) -> None:
         self._inputs = inputs
         self.outputs = outputs
         self.names = [out.name for out in outputs]
