@@ -62,6 +62,21 @@ def greenroom(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_cli_output_to_a_reader_gone_away_ends_quietly(gateway: GatewayProcess) -> None:
+    """`greenroom infer ... | head -1`: the reader's end is closed before the answer is
+    printed (here, before the command even starts), so its writes meet a broken pipe."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "models", "--target", gateway.target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 def test_cli_models_and_infer(gateway: GatewayProcess, repo: Path) -> None:
     listed = json.loads(greenroom("models", "--target", gateway.target, "--json").stdout)
     churn = [row for row in listed if row["name"] == "churn"]
