@@ -54,6 +54,7 @@ import grpc
 import tree_speed
 from greenroom_client.control import ControlClient
 from greenroom_proto.inference import grpc_service_pb2 as pb
+from runners import grpc_core
 
 import ghzrun
 import ledger_rate
@@ -517,6 +518,7 @@ def _meta(plan: Plan, payloads: dict[str, Payload]) -> dict[str, Any]:
         "ghz_cpus": ghzrun.GHZ_CPUS,
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
+        "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS"),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
@@ -568,6 +570,9 @@ def _summary(ctx: Context, elapsed_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     plan = _parse_args(argv)
+    # Every server of the run, the floors and MLServer too, inherits the gRPC core
+    # experiments the gateway and its runners choose for themselves.
+    grpc_core.choose()
     _warn_if_busy()
     ghzrun.ensure_ghz()
     log_dir = RESULTS / "logs"
