@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from gateway import ids, wire
 from gateway.recording import CANCELLED, Recorder
-from gateway.router import Router, check_request, require_model_name, signature_of
+from gateway.router import Plan, Router, check_request, require_model_name, signature_of
 from gateway.settings import GatewaySettings
 from gateway.shadow import Copy, ShadowFanout, batched, merge_key, merged_request
 from gateway.supervisor import RunnerState
@@ -199,12 +199,30 @@ class InferenceServicer:
                 latency_ms=latency, status=problem.code,
             )  # fmt: skip
             raise problem
-        self.recorder.answered(reply, model, version, plan.role, latency)
-        config = self.router.models[model].config
-        rate = config.monitoring.input_sample_rate
-        if rate and (rate >= 1.0 or random.random() < rate):
-            self.recorder.inputs(request, request_id, config.features, len(raw))
+        # Recorded once the answer is on its way: grpc.aio sends it as this coroutine
+        # returns, and the callback runs at the loop's next turn, before any later event.
+        asyncio.get_running_loop().call_soon(
+            self._record_answer, reply, plan, latency, request, len(raw)
+        )
         return reply
+
+    def _record_answer(
+        self, reply: bytes, plan: Plan, latency: float, request: pb.ModelInferRequest, size: int
+    ) -> None:
+        """The answer's record, and its inputs when sampled. Off the answer's path: in
+        the in-process lane at concurrency 1 this gave p50 / echo 1.148 -> 1.094 (median
+        of eight interleaved rounds); the work is the same, it only comes after the send.
+        A failure here loses the record (counted as dropped), never the answer."""
+        model, version = request.model_name, plan.runner.entry.version
+        try:
+            self.recorder.answered(reply, model, version, plan.role, latency)
+            config = self.router.models[model].config
+            rate = config.monitoring.input_sample_rate
+            if rate and (rate >= 1.0 or random.random() < rate):
+                self.recorder.inputs(request, request.id, config.features, size)
+        except Exception:
+            log.exception("answer not recorded", model=model, version=version)
+            self.recorder.ledger.record_lost()
 
     def _mergeable(self, model: str) -> Callable[[str], bool]:
         def mergeable(version: str) -> bool:

@@ -9,6 +9,7 @@ ledger; a non-ONNX version marked inprocess; the event loop free while a model c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import sqlite3
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from gateway.inprocess import InProcessRunner
+from gateway.ledger import Ledger
 from gateway.recording import Recorder
 from gateway.repository import load_model, scan
 from gateway.router import Router
@@ -413,47 +415,89 @@ def test_the_gateway_loads_onnxruntime_only_for_an_onnx_model() -> None:
     assert done.stdout.strip() == "False"
 
 
-def test_a_request_that_meets_a_bug_is_still_recorded(tmp_path: Path) -> None:
-    """Whatever a backend raises, the primary's row is written: an exception that is not
-    a GreenroomError (a bug) is recorded INTERNAL, as the client is told, instead of
-    leaving no trace in the ledger."""
+@contextlib.asynccontextmanager
+async def _servicer(tmp_path: Path) -> AsyncIterator[tuple[InferenceServicer, Ledger]]:
+    """A gateway's inference servicer over one in-process iris model ``m``, without the
+    gRPC server: for tests that break one of its parts."""
     repo = tmp_path / "models"
-    x, y = iris()
     export_onnx(
-        make_pipeline(LogisticRegression(max_iter=500)).fit(x, y),
+        make_pipeline(LogisticRegression(max_iter=500)).fit(*iris()),
         4,
         repo / "m" / "1" / "model.onnx",
     )
     (repo / "m" / "model.yaml").write_text("runner: inprocess\n")
     settings = GatewaySettings(repo=repo, data_dir=tmp_path / "data")
-    message = request("m", {"input": x[:1]}, id="bitten").SerializeToString()
+    models = scan(repo)
+    ledger = open_ledger(settings)
+    ledger.start()
+    runner = InProcessRunner(models["m"].versions["1"], models["m"].config, settings)
+    runner.start()
+    await runner.wait_settled(30)
+    router = Router(models, {("m", "1"): runner})
+    recorder = Recorder(ledger, RolesCache(router))
+    try:
+        yield (
+            InferenceServicer(router, settings, ShadowFanout.from_settings(settings), recorder),
+            ledger,
+        )
+    finally:
+        await runner.stop()
+        ledger.stop()
+
+
+def _answers(tmp_path: Path) -> list[tuple[str, str, str, str]]:
+    with sqlite3.connect(tmp_path / "data" / "ledger.db") as db:
+        return list(db.execute("SELECT request_id, version, role, status FROM answers"))
+
+
+def test_a_request_that_meets_a_bug_is_still_recorded(tmp_path: Path) -> None:
+    """Whatever a backend raises, the primary's row is written: an exception that is not
+    a GreenroomError (a bug) is recorded INTERNAL, as the client is told, instead of
+    leaving no trace in the ledger."""
+    message = request("m", {"input": iris()[0][:1]}, id="bitten").SerializeToString()
 
     async def scenario() -> None:
-        models = scan(repo)
-        ledger = open_ledger(settings)
-        ledger.start()
-        runner = InProcessRunner(models["m"].versions["1"], models["m"].config, settings)
-        runner.start()
-        await runner.wait_settled(30)
-        router = Router(models, {("m", "1"): runner})
-        recorder = Recorder(ledger, RolesCache(router))
-        servicer = InferenceServicer(
-            router, settings, ShadowFanout.from_settings(settings), recorder
-        )
+        async with _servicer(tmp_path) as (servicer, ledger):
+            runner = servicer.router.runners[("m", "1")]
 
-        def bug(*_: Any) -> bytes:
-            raise RuntimeError("a bug")
+            def bug(*_: Any) -> bytes:
+                raise RuntimeError("a bug")
 
-        runner._answer_inline = bug  # type: ignore[method-assign,assignment]
-        try:
+            runner._answer_inline = bug  # type: ignore[attr-defined]
             with pytest.raises(RuntimeError):
                 await servicer.infer_bytes(message, 5.0)
             assert ledger.flush(10)
-        finally:
-            await runner.stop()
-            ledger.stop()
 
     asyncio.run(scenario())
-    with sqlite3.connect(tmp_path / "data" / "ledger.db") as db:
-        rows = list(db.execute("SELECT request_id, version, role, status FROM answers"))
-    assert rows == [("bitten", "1", "primary", "INTERNAL")]
+    assert _answers(tmp_path) == [("bitten", "1", "primary", "INTERNAL")]
+
+
+def test_an_answer_is_recorded_once_sent_and_a_failed_record_never_fails_it(
+    tmp_path: Path,
+) -> None:
+    """The answer's record is queued at the event loop's next turn, after grpc.aio has
+    the answer to send; if making the record fails, the caller still has its answer and
+    the lost record is counted as dropped."""
+    x = iris()[0][:2]
+    first = request("m", {"input": x}, id="kept").SerializeToString()
+    second = request("m", {"input": x}, id="lost").SerializeToString()
+
+    async def scenario() -> None:
+        async with _servicer(tmp_path) as (servicer, ledger):
+            reply = pb.ModelInferResponse.FromString(await servicer.infer_bytes(first, 5.0))
+            assert reply.id == "kept" and ledger.stats.queued == 0  # not yet: next turn
+            await asyncio.sleep(0)
+            assert ledger.flush(10) and ledger.stats.recorded_answers == 1
+
+            def broken(*_: Any, **__: Any) -> None:
+                raise RuntimeError("recorder bug")
+
+            servicer.recorder.answered = broken  # type: ignore[method-assign]
+            reply = pb.ModelInferResponse.FromString(await servicer.infer_bytes(second, 5.0))
+            assert reply.id == "lost" and outputs(reply)["label"].shape == (2,)
+            await asyncio.sleep(0)
+            assert ledger.flush(10)
+            assert (ledger.stats.recorded_answers, ledger.stats.dropped) == (1, 1)
+
+    asyncio.run(scenario())
+    assert _answers(tmp_path) == [("kept", "1", "primary", "OK")]

@@ -119,6 +119,11 @@ class Ledger:
             with contextlib.suppress(Exception):
                 self._writer.drop()
 
+    def record_lost(self) -> None:
+        """Count an answer whose record could not even be made, as dropped."""
+        with contextlib.suppress(Exception):
+            self._writer.drop()
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything recorded so far is written (or counted as failed)."""
         return self._writer.flush(timeout)
