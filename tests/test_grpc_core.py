@@ -54,9 +54,39 @@ def test_a_choice_in_the_environment_is_left_alone() -> None:
     assert _grpc_saw("gateway.cli", GRPC_EXPERIMENTS="tcp_rcv_lowat") == "tcp_rcv_lowat"
 
 
+def test_this_grpc_knows_the_experiments() -> None:
+    """A grpc that no longer knows a name only logs it and serves with its defaults: the
+    choice would do nothing, silently, after an upgrade."""
+    code = (
+        "import gateway, grpc\n"
+        "from concurrent import futures\n"
+        "server = grpc.server(futures.ThreadPoolExecutor(1))\n"
+        "server.add_insecure_port('127.0.0.1:0')\n"
+        "server.start(); server.stop(0)\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+
+    def stderr(env: dict[str, str]) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env, capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        return done.stderr
+
+    assert "Unknown experiment" not in stderr(environ)
+    assert "Unknown experiment" in stderr({**environ, "GRPC_EXPERIMENTS": "no_such_thing"})
+
+
+def test_choosing_after_grpc_is_imported_says_so() -> None:
+    assert "grpc" in sys.modules  # imported by this test process
+    with pytest.warns(RuntimeWarning, match="keeps grpc's default experiments"):
+        grpc_core.choose({})
+
+
 def test_choose_sets_only_what_is_unset() -> None:
     empty: dict[str, str] = {}
-    assert grpc_core.choose(empty) == grpc_core.EXPERIMENTS
+    with pytest.warns(RuntimeWarning):  # grpc is imported in this process
+        assert grpc_core.choose(empty) == grpc_core.EXPERIMENTS
     assert empty == {"GRPC_EXPERIMENTS": grpc_core.EXPERIMENTS}
     mine = {"GRPC_EXPERIMENTS": "-event_engine_client"}
     assert grpc_core.choose(mine) == "-event_engine_client"

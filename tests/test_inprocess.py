@@ -416,7 +416,9 @@ def test_the_gateway_loads_onnxruntime_only_for_an_onnx_model() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _servicer(tmp_path: Path) -> AsyncIterator[tuple[InferenceServicer, Ledger]]:
+async def _servicer(
+    tmp_path: Path, model_yaml: str = ""
+) -> AsyncIterator[tuple[InferenceServicer, Ledger]]:
     """A gateway's inference servicer over one in-process iris model ``m``, without the
     gRPC server: for tests that break one of its parts."""
     repo = tmp_path / "models"
@@ -425,17 +427,17 @@ async def _servicer(tmp_path: Path) -> AsyncIterator[tuple[InferenceServicer, Le
         4,
         repo / "m" / "1" / "model.onnx",
     )
-    (repo / "m" / "model.yaml").write_text("runner: inprocess\n")
+    (repo / "m" / "model.yaml").write_text("runner: inprocess\n" + model_yaml)
     settings = GatewaySettings(repo=repo, data_dir=tmp_path / "data")
     models = scan(repo)
     ledger = open_ledger(settings)
-    ledger.start()
     runner = InProcessRunner(models["m"].versions["1"], models["m"].config, settings)
-    runner.start()
-    await runner.wait_settled(30)
-    router = Router(models, {("m", "1"): runner})
-    recorder = Recorder(ledger, RolesCache(router))
     try:
+        ledger.start()
+        runner.start()
+        await runner.wait_settled(30)
+        router = Router(models, {("m", "1"): runner})
+        recorder = Recorder(ledger, RolesCache(router))
         yield (
             InferenceServicer(router, settings, ShadowFanout.from_settings(settings), recorder),
             ledger,
@@ -479,15 +481,18 @@ def test_an_answer_is_recorded_once_sent_and_a_failed_record_never_fails_it(
     the answer to send; if making the record fails, the caller still has its answer and
     the lost record is counted as dropped."""
     x = iris()[0][:2]
-    first = request("m", {"input": x}, id="kept").SerializeToString()
+    first = request("m", {"input": x}).SerializeToString()  # the gateway makes its id
     second = request("m", {"input": x}, id="lost").SerializeToString()
+    made: list[str] = []
 
     async def scenario() -> None:
-        async with _servicer(tmp_path) as (servicer, ledger):
+        sampled = "monitoring: {input_sample_rate: 1.0}\n"
+        async with _servicer(tmp_path, sampled) as (servicer, ledger):
             reply = pb.ModelInferResponse.FromString(await servicer.infer_bytes(first, 5.0))
-            assert reply.id == "kept" and ledger.stats.queued == 0  # not yet: next turn
+            made.append(reply.id)
+            assert reply.id and ledger.stats.queued == 0  # not yet: at the next turn
             await asyncio.sleep(0)
-            assert ledger.flush(10) and ledger.stats.recorded_answers == 1
+            assert ledger.flush(10) and ledger.stats.recorded_answers == 2  # answer, inputs
 
             def broken(*_: Any, **__: Any) -> None:
                 raise RuntimeError("recorder bug")
@@ -497,7 +502,10 @@ def test_an_answer_is_recorded_once_sent_and_a_failed_record_never_fails_it(
             assert reply.id == "lost" and outputs(reply)["label"].shape == (2,)
             await asyncio.sleep(0)
             assert ledger.flush(10)
-            assert (ledger.stats.recorded_answers, ledger.stats.dropped) == (1, 1)
+            assert (ledger.stats.recorded_answers, ledger.stats.dropped) == (3, 1)  # inputs
 
     asyncio.run(scenario())
-    assert _answers(tmp_path) == [("kept", "1", "primary", "OK")]
+    assert _answers(tmp_path) == [(made[0], "1", "primary", "OK")]
+    with sqlite3.connect(tmp_path / "data" / "ledger.db") as db:
+        sampled = list(db.execute("SELECT request_id, rows FROM inputs ORDER BY id"))
+    assert sampled == [(made[0], 2), ("lost", 2)]
