@@ -6,12 +6,13 @@ service (MLServer) is started with that ``address`` and a ``ready`` probe instea
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -162,6 +163,34 @@ def stop(server: Server) -> None:
             child.kill()  # psutil checks it is still the same process, not a reused pid
         except psutil.NoSuchProcess:
             continue
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _signal_all(processes: list[psutil.Process], signum: int) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            process.send_signal(signum)  # psutil checks the pid is still this process
+
+
+@contextlib.contextmanager
+def paused(servers: Iterable[Server]) -> Iterator[None]:
+    """SIGSTOP every process of these servers (each with its children: runners, ledger
+    writers, MLServer's workers) for the block, then SIGCONT them. A server idle during
+    another's turn still wakes for its timers (health checks, flushes) and keeps its
+    memory warm at the other's expense; on two cores that showed in the turn's p50."""
+    stopped = [process for server in servers for process in _tree(server.pid)]
+    try:
+        _signal_all(stopped, signal.SIGSTOP)
+        yield
+    finally:
+        _signal_all(stopped, signal.SIGCONT)
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

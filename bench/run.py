@@ -285,18 +285,42 @@ def _record(ctx: Context, run: Run) -> None:
         )
 
 
-def measure(ctx: Context, servers: dict[str, procs.Server], payload: str, c: int) -> None:
-    """Warm every target up, then ``rounds`` runs each, targets taking turns."""
-    plan, scenario = ctx.plan, f"{payload} c={c}"
+# What a target needs running besides its own processes during its turn.
+NEEDS = {FLOOR: (ECHO,)}
+
+
+def _alone(
+    everyone: dict[str, procs.Server], target: str
+) -> contextlib.AbstractContextManager[None]:
+    """Every other server of the run paused during ``target``'s turn (its own processes
+    and what it needs keep running): each target is measured as if alone on the machine."""
+    keep = {target, *NEEDS.get(target, ())}
+    return procs.paused(server for name, server in everyone.items() if name not in keep)
+
+
+def measure(
+    ctx: Context,
+    servers: dict[str, procs.Server],
+    payload: str,
+    c: int,
+    everyone: dict[str, procs.Server] | None = None,
+) -> None:
+    """Warm every target up, then ``rounds`` runs each, targets taking turns, each turn
+    with every other server of the run (``everyone``) paused."""
+    plan, scenario, everyone = ctx.plan, f"{payload} c={c}", everyone or servers
     for target, server in servers.items():
-        with contextlib.suppress(ghzrun.GhzError, subprocess.TimeoutExpired):
+        with (
+            contextlib.suppress(ghzrun.GhzError, subprocess.TimeoutExpired),
+            _alone(everyone, target),
+        ):
             warmup = ghzrun.Load(server.address, ctx.payload(target, payload), c, plan.warmup_s)
             ghzrun.run(warmup)  # discarded
     samples: dict[str, list[ghzrun.Sample]] = {target: [] for target in servers}
     for _ in range(plan.rounds):
         for target, server in servers.items():
             load = ghzrun.Load(server.address, ctx.payload(target, payload), c, plan.duration_s)
-            sample = _sample(ctx, target, load, scenario)
+            with _alone(everyone, target):
+                sample = _sample(ctx, target, load, scenario)
             samples[target] += [sample] if sample else []
     for target, taken in samples.items():
         if taken:
@@ -327,7 +351,7 @@ def measure_all(ctx: Context, servers: dict[str, procs.Server]) -> None:
     for scenario in _scenarios(ctx, servers):
         names = ", ".join(scenario.servers)
         say(f"measuring {scenario.payload} c={scenario.concurrency} ({names}) ...")
-        measure(ctx, scenario.servers, scenario.payload, scenario.concurrency)
+        measure(ctx, scenario.servers, scenario.payload, scenario.concurrency, servers)
         _rss_after(ctx, scenario)
 
 
