@@ -307,13 +307,20 @@ class InferenceServicer:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Triton's form: each request gets one response, or an error message in its place.
-        The stream's deadline bounds every request in it, as a unary call's does."""
+        The stream's deadline bounds every request in it, as a unary call's does, and
+        ends the stream DEADLINE_EXCEEDED when it passes: a request cut short by it gets
+        no message that would let the stream end OK before the client's own timer."""
         async for raw in requests:
             try:
                 reply = await self.observed(raw, self._timeout(context), context)
                 yield wire.length_delimited(2, reply)
             except Exception as exc:
-                _, message = _status(exc)
+                code, message = _status(exc)
+                remaining = context.time_remaining()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and (
+                    remaining is not None and remaining <= DEADLINE_SLACK_S
+                ):
+                    await context.abort(code, message)
                 yield wire.length_delimited(1, message.encode()) + _echo(raw)
 
     @edge

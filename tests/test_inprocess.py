@@ -509,3 +509,65 @@ def test_an_answer_is_recorded_once_sent_and_a_failed_record_never_fails_it(
     with sqlite3.connect(tmp_path / "data" / "ledger.db") as db:
         sampled = list(db.execute("SELECT request_id, rows FROM inputs ORDER BY id"))
     assert sampled == [(made[0], 2), ("lost", 2)]
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _StreamContext:
+    """The part of grpc.aio's context the stream handler uses, with its deadline fixed."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise _Aborted
+
+
+@pytest.mark.parametrize("remaining", [0.0, None])
+def test_a_stream_ends_deadline_exceeded_when_its_deadline_passes(
+    tmp_path: Path, remaining: float | None
+) -> None:
+    """A request cut short by the stream's own deadline ends the stream with that status
+    (an in-place error would let it end OK, racing the client's timer); a request timed
+    out with the stream's deadline still far (none set) gets its error in place, and the
+    stream goes on."""
+    x = iris()[0][:1]
+    messages = [request("m", {"input": x}, id=i).SerializeToString() for i in ("a", "b")]
+
+    async def scenario() -> tuple[list[pb.ModelStreamInferResponse], _StreamContext]:
+        context = _StreamContext(remaining)
+        async with _servicer(tmp_path) as (servicer, _):
+            runner = servicer.router.runners[("m", "1")]
+            answer = runner._answer_inline  # type: ignore[attr-defined]
+
+            def late(request: bytes, parsed: pb.ModelInferRequest | None) -> bytes:
+                if parsed is not None and parsed.id == "a":
+                    raise DeadlineExceeded("no answer within 0.3s")
+                return answer(request, parsed)  # type: ignore[no-any-return]
+
+            runner._answer_inline = late  # type: ignore[attr-defined]
+
+            async def requests() -> AsyncIterator[bytes]:
+                for message in messages:
+                    yield message
+
+            got = []
+            with contextlib.suppress(_Aborted):
+                async for raw in servicer.ModelStreamInfer(requests(), context):
+                    got.append(pb.ModelStreamInferResponse.FromString(raw))
+            return got, context
+
+    got, context = asyncio.run(scenario())
+    if remaining is not None:
+        assert got == [] and context.aborted is not None
+        assert context.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+    else:
+        assert context.aborted is None
+        assert "no answer within" in got[0].error_message and got[1].infer_response.id == "b"
