@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import signal
 import socket
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import psutil
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from gateway.framed import FramedClient, FramedStatus
+from gateway.framed import FramedClient, FramedStatus, _Connection
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from runners.framed import HEADER
@@ -294,6 +295,53 @@ def test_sigterm_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
         outputs_of(pb.ModelInferResponse.FromString(answer))["y"], [np.float32(0.8) + 1]
     )
     assert not framed_path.exists()
+
+
+class _Pipe(asyncio.Transport):
+    """Where a connection's request goes; the test feeds the answer's bytes itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("cut", ["whole", "byte by byte", "in the header", "in the body"])
+def test_an_answer_read_in_pieces_is_the_same_answer(cut: str) -> None:
+    body = bytes(range(256)) * 100  # the size of a 1,000-row answer
+    frame = HEADER.pack(len(body), 7) + body
+    at = {"whole": [], "byte by byte": list(range(1, len(frame))), "in the header": [3],
+          "in the body": [HEADER.size + 1000]}[cut]  # fmt: skip
+
+    async def scenario() -> tuple[tuple[int, bytes], bool]:
+        conn, pipe = _Connection(), _Pipe()
+        conn.connection_made(pipe)
+        answer = conn.send(b"request")
+        edges = [0, *at, len(frame)]
+        for start, stop in itertools.pairwise(edges):
+            assert not answer.done()
+            conn.data_received(frame[start:stop])
+        return await answer, pipe.closed
+
+    (code, got), closed = asyncio.run(scenario())
+    assert (code, got, closed) == (7, body, False)
+
+
+def test_bytes_beyond_the_answer_close_the_connection() -> None:
+    async def scenario() -> tuple[tuple[int, bytes], bool]:
+        conn, pipe = _Connection(), _Pipe()
+        conn.connection_made(pipe)
+        answer = conn.send(b"request")
+        conn.data_received(HEADER.pack(2, 0) + b"ok" + b"extra")
+        return await answer, pipe.closed and conn.closed
+
+    assert asyncio.run(scenario()) == ((0, b"ok"), True)
 
 
 def test_a_malformed_frame_closes_the_connection(iris_framed: tuple[Runner, Path]) -> None:
