@@ -18,8 +18,9 @@ interleaved rounds, the floor given the same setting), its CPU per request 485-5
 A ``GRPC_EXPERIMENTS`` already in the environment is left alone: set it empty to keep
 grpc's own defaults. Processes the gateway starts (runners, workers, and the programs of
 external runners, validation tests and retraining) inherit it. grpc releases from 1.80
-on make the EventEngine the default and will drop these switches: tests/test_grpc_core.py
-fails when this grpc no longer knows them.
+on make the EventEngine the default and will drop these switches (grpc/grpc pull request
+42150): pyproject.toml keeps grpcio below 1.86 until a newer one is measured, and
+tests/test_grpc_core.py fails when the grpc installed no longer knows them.
 """
 
 from __future__ import annotations
