@@ -33,6 +33,11 @@ A target that cannot start is skipped, loudly.
 
 from __future__ import annotations
 
+# First: the runners package chooses grpc's core experiments before grpc is imported, and
+# every server of the run (floors, gateways, runners, MLServer) inherits them.
+import runners  # noqa: F401
+
+# isort: split
 import argparse
 import contextlib
 import datetime
@@ -54,7 +59,6 @@ import grpc
 import tree_speed
 from greenroom_client.control import ControlClient
 from greenroom_proto.inference import grpc_service_pb2 as pb
-from runners import grpc_core
 
 import ghzrun
 import ledger_rate
@@ -594,9 +598,6 @@ def _summary(ctx: Context, elapsed_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     plan = _parse_args(argv)
-    # Every server of the run, the floors and MLServer too, inherits the gRPC core
-    # experiments the gateway and its runners choose for themselves.
-    grpc_core.choose()
     _warn_if_busy()
     ghzrun.ensure_ghz()
     log_dir = RESULTS / "logs"

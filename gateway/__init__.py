@@ -1,5 +1,5 @@
 """The Greenroom gateway."""
 
-from runners import grpc_core
-
-grpc_core.choose()  # before any module of the package imports grpc (see runners.grpc_core)
+# The runners package chooses grpc's core experiments as it is imported, before any module
+# of this package imports grpc (see runners.grpc_core).
+import runners  # noqa: F401

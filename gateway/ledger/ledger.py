@@ -116,8 +116,7 @@ class Ledger:
         try:
             self._writer.put(item, weight)
         except Exception:  # the answer to the client matters more than its record
-            with contextlib.suppress(Exception):
-                self._writer.drop()
+            self.record_lost()
 
     def record_lost(self) -> None:
         """Count an answer whose record could not even be made, as dropped."""
