@@ -390,6 +390,24 @@ class _NotFast(Exception):
     """This output is not one the fast path reads."""
 
 
+class _LabelTexts(dict[int, str]):
+    """``str`` of an integer label, remembered for the first ``LIMIT`` labels seen: a
+    classifier's labels are few, and formatting each of a 1,000-row answer's labels was
+    most of the writer's work for it. Beyond the limit (labels that are really values)
+    each is formatted as before."""
+
+    LIMIT = 4096
+
+    def __missing__(self, label: int) -> str:
+        text = str(label)
+        if len(self) < self.LIMIT:
+            self[label] = text
+        return text
+
+
+_LABEL_TEXTS = _LabelTexts()
+
+
 def _packed_labels(output: _Output | None, rows: int, start: int, stop: int) -> str | None:
     if output is None:
         return None
@@ -398,8 +416,9 @@ def _packed_labels(output: _Output | None, rows: int, start: int, stop: int) -> 
     if not fmt or shape not in ([rows], [rows, 1]) or len(raw) != rows * size:
         raise _NotFast
     values = array.array(fmt, raw)[start:stop].tolist()
-    # What json.dumps([str(v) for v in values]) writes (digits need no escaping), cheaper.
-    return '["' + '", "'.join(map(str, values)) + '"]' if values else "[]"
+    # What json.dumps([str(v) for v in values]) writes (digits need no escaping), cheaper:
+    # each label's text looked up, not formatted (1,000 labels: 38 against 110 µs).
+    return '["' + '", "'.join(map(_LABEL_TEXTS.__getitem__, values)) + '"]' if values else "[]"
 
 
 def _columns(output: _Output | None, rows: int) -> int:

@@ -43,26 +43,40 @@ STATUS_OK = 0
 # Answers one request's bytes with (status number, body); never raises.
 Answer = Callable[[bytes], tuple[int, bytes]]
 
-__all__ = ["HEADER", "KIND_INFER", "STATUS_OK", "FramedServer", "frame"]
-
-
-def frame(code: int, body: bytes) -> bytes:
-    """One message on the framed socket: the header, then the body."""
-    return HEADER.pack(len(body), code) + body
+__all__ = ["HEADER", "KIND_INFER", "STATUS_OK", "FramedServer"]
 
 
 def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
-    """``size`` bytes, or None at end of stream (the peer closed, or we are stopping)."""
+    """``size`` bytes, or None at end of stream (the peer closed, or we are stopping).
+
+    Usually one ``recv`` with MSG_WAITALL, whose bytes are the result: no buffer to copy
+    out of (a 1,000-row request is 32 kB). A signal can cut it short; the rest is then
+    read into a buffer."""
     if size == 0:
         return b""
+    first = conn.recv(size, socket.MSG_WAITALL)
+    if len(first) == size:
+        return first
+    if not first:
+        return None
     buffer = bytearray(size)
-    view, got = memoryview(buffer), 0
+    buffer[: len(first)] = first
+    view, got = memoryview(buffer), len(first)
     while got < size:
         n = conn.recv_into(view[got:])
         if n == 0:
             return None
         got += n
     return bytes(buffer)
+
+
+def _send(conn: socket.socket, code: int, body: bytes) -> None:
+    """One answer, header and body in one ``sendmsg`` without joining them first."""
+    header = HEADER.pack(len(body), code)
+    sent, total = conn.sendmsg((header, body)), len(header) + len(body)
+    if sent < total:  # cut short (a signal): the rest as sendall sends it
+        rest = memoryview(header + body)[sent:]
+        conn.sendall(rest)
 
 
 class FramedServer:
@@ -107,7 +121,7 @@ class FramedServer:
         try:
             while (request := self._read(conn)) is not None:
                 code, body = self._answer(request)
-                conn.sendall(frame(code, body))
+                _send(conn, code, body)
         except OSError:
             pass  # the gateway closed the connection (it gave up on a call), or we stop
         finally:

@@ -13,6 +13,8 @@ import contextlib
 import itertools
 import signal
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from gateway.framed import FramedClient, FramedStatus, _Connection
 from greenroom_proto.inference import grpc_service_pb2 as pb
 from greenroom_proto.inference import grpc_service_pb2_grpc as pb_grpc
-from runners.framed import HEADER
+from runners.framed import HEADER, _recv_exactly, _send
 from tests.conftest import GatewayProcess
 from tests.models import iris
 from tests.runner_fixtures import (
@@ -358,6 +360,66 @@ def test_a_malformed_frame_closes_the_connection(iris_framed: tuple[Runner, Path
     assert pb.ModelInferResponse.FromString(
         framed_call(framed, request.SerializeToString())
     ).outputs
+
+
+@contextlib.contextmanager
+def _interrupted_after(seconds: float) -> Iterator[list[int]]:
+    """SIGALRM after ``seconds``, handled (so a blocked system call returns what it has
+    done so far); the list counts the signals."""
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_request_read_in_pieces_is_the_same_request() -> None:
+    """The runner reads a request's body with one MSG_WAITALL ``recv``; one sent in pieces,
+    with a signal arriving between them, is still read whole."""
+    body = bytes(range(256)) * 128
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+
+        def send_in_pieces() -> None:
+            theirs.sendall(body[:1000])
+            time.sleep(0.3)
+            theirs.sendall(body[1000:])
+
+        sender = threading.Thread(target=send_in_pieces)
+        with _interrupted_after(0.1) as fired:
+            sender.start()
+            got = _recv_exactly(ours, len(body))
+        sender.join()
+        assert fired and got == body
+        theirs.sendall(b"abc")
+        theirs.shutdown(socket.SHUT_WR)
+        assert _recv_exactly(ours, 5) is None  # the peer closed mid-request
+
+
+def test_an_answer_larger_than_the_socket_buffer_goes_out_whole() -> None:
+    """One ``sendmsg`` of header and body; a signal that cuts it short leaves the rest to
+    ``sendall``, and the peer reads exactly one frame."""
+    body = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than the socket's buffers
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        received = bytearray()
+
+        def read_slowly() -> None:
+            time.sleep(0.3)
+            while chunk := theirs.recv(1 << 20):
+                received.extend(chunk)
+
+        reader = threading.Thread(target=read_slowly)
+        reader.start()
+        with _interrupted_after(0.1) as fired:
+            _send(ours, 3, body)
+        ours.shutdown(socket.SHUT_WR)
+        reader.join()
+    assert fired
+    assert bytes(received) == HEADER.pack(len(body), 3) + body
 
 
 # ---- the gateway: framed on and off ------------------------------------------------------

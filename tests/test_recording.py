@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import recording
 from gateway.ledger.records import PackedAnswer
 from gateway.ledger.store import answer_params
 from gateway.recording import OutputRoles, Pending, convert, to_answer, to_packed
@@ -158,3 +159,20 @@ def test_the_common_reply_takes_the_fast_path() -> None:
         assert stored(lambda _, p=packed: p, item) == stored(to_answer, item)
         assert packed.labels == json.dumps([str(v) for v in labels])
     assert to_packed(pending(reply(labels, proba, False))) is None  # typed: to_answer's
+
+
+def test_labels_beyond_the_remembered_ones_are_stored_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast path remembers the text of the first labels it sees; labels past that
+    limit (an integer output that is really a value), negative or huge, store the same."""
+    monkeypatch.setattr(recording, "_LABEL_TEXTS", recording._LabelTexts())
+    monkeypatch.setattr(recording._LabelTexts, "LIMIT", 10)
+    for labels in (np.arange(-5, 25), np.array([2**62, -(2**62), 7, 7])):
+        proba = np.tile([0.25, 0.75], (len(labels), 1))
+        item = pending(reply(labels.astype(np.int64), proba, True))
+        packed = to_packed(item)
+        assert isinstance(packed, PackedAnswer)
+        assert packed.labels == json.dumps([str(v) for v in labels])
+        assert stored(lambda _, p=packed: p, item) == stored(to_answer, item)
+    assert len(recording._LABEL_TEXTS) == 10
