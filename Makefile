@@ -48,7 +48,8 @@ run: install
 # (most tests wait on gateways and runners they start). TEST_WORKERS=0 runs it in one.
 TEST_WORKERS ?= 2
 
-test: install tritonclient postgres chromium
+# The clients are built first: two test processes would otherwise build them at once.
+test: install tritonclient postgres chromium clients
 	GREENROOM_TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 lint: install

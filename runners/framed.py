@@ -73,10 +73,12 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
 def _send(conn: socket.socket, code: int, body: bytes) -> None:
     """One answer, header and body in one ``sendmsg`` without joining them first."""
     header = HEADER.pack(len(body), code)
-    sent, total = conn.sendmsg((header, body)), len(header) + len(body)
-    if sent < total:  # cut short (a signal): the rest as sendall sends it
-        rest = memoryview(header + body)[sent:]
-        conn.sendall(rest)
+    sent = conn.sendmsg((header, body))
+    if sent < len(header):  # cut short (a signal): the rest as sendall sends it
+        conn.sendall(header[sent:])
+        sent = len(header)
+    if sent < len(header) + len(body):
+        conn.sendall(memoryview(body)[sent - len(header) :])
 
 
 class FramedServer:

@@ -13,10 +13,9 @@ import contextlib
 import itertools
 import signal
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -362,63 +361,59 @@ def test_a_malformed_frame_closes_the_connection(iris_framed: tuple[Runner, Path
     ).outputs
 
 
-@contextlib.contextmanager
-def _interrupted_after(seconds: float) -> Iterator[list[int]]:
-    """SIGALRM after ``seconds``, handled (so a blocked system call returns what it has
-    done so far); the list counts the signals."""
-    fired: list[int] = []
-    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield fired
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+class _CutShort(socket.socket):
+    """A socket whose first ``recv`` and ``sendmsg`` move only ``cut`` bytes, as a call
+    that a signal interrupts after it has moved some does; the calls made are recorded."""
+
+    def __init__(self, peer: socket.socket, cut: int) -> None:
+        super().__init__(peer.family, peer.type, fileno=peer.detach())
+        self.cut, self.calls = cut, list[str]()
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        self.calls.append("recv")
+        return super().recv(min(size, self.cut) if len(self.calls) == 1 else size, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self.calls.append("recv_into")
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendmsg(self, buffers: Any, *args: Any) -> int:
+        self.calls.append("sendmsg")
+        whole = b"".join(buffers)
+        return super().sendmsg([whole[: self.cut]], *args)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self.calls.append("sendall")
+        super().sendall(data, flags)
 
 
 def test_a_request_read_in_pieces_is_the_same_request() -> None:
-    """The runner reads a request's body with one MSG_WAITALL ``recv``; one sent in pieces,
-    with a signal arriving between them, is still read whole."""
+    """The runner reads a request's body with one MSG_WAITALL ``recv``; one cut short (a
+    signal) is completed, and a peer that closes mid-request ends the connection."""
     body = bytes(range(256)) * 128
     ours, theirs = socket.socketpair()
-    with ours, theirs:
-
-        def send_in_pieces() -> None:
-            theirs.sendall(body[:1000])
-            time.sleep(0.3)
-            theirs.sendall(body[1000:])
-
-        sender = threading.Thread(target=send_in_pieces)
-        with _interrupted_after(0.1) as fired:
-            sender.start()
-            got = _recv_exactly(ours, len(body))
-        sender.join()
-        assert fired and got == body
+    with _CutShort(ours, cut=1000) as short, theirs:
+        theirs.sendall(body)
+        assert _recv_exactly(short, len(body)) == body
+        assert short.calls[:2] == ["recv", "recv_into"]
         theirs.sendall(b"abc")
         theirs.shutdown(socket.SHUT_WR)
-        assert _recv_exactly(ours, 5) is None  # the peer closed mid-request
+        assert _recv_exactly(short, 5) is None
 
 
-def test_an_answer_larger_than_the_socket_buffer_goes_out_whole() -> None:
-    """One ``sendmsg`` of header and body; a signal that cuts it short leaves the rest to
-    ``sendall``, and the peer reads exactly one frame."""
-    body = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than the socket's buffers
+@pytest.mark.parametrize("cut", [3, HEADER.size + 1000])
+def test_an_answer_cut_short_goes_out_whole(cut: int) -> None:
+    """One ``sendmsg`` of header and body; cut short in the header or in the body, the
+    rest follows with ``sendall``, and the peer reads exactly one frame."""
+    body = bytes(range(256)) * 100
     ours, theirs = socket.socketpair()
-    with ours, theirs:
+    with _CutShort(ours, cut=cut) as short, theirs:
+        _send(short, 3, body)
+        short.shutdown(socket.SHUT_WR)
         received = bytearray()
-
-        def read_slowly() -> None:
-            time.sleep(0.3)
-            while chunk := theirs.recv(1 << 20):
-                received.extend(chunk)
-
-        reader = threading.Thread(target=read_slowly)
-        reader.start()
-        with _interrupted_after(0.1) as fired:
-            _send(ours, 3, body)
-        ours.shutdown(socket.SHUT_WR)
-        reader.join()
-    assert fired
+        while chunk := theirs.recv(1 << 20):
+            received += chunk
+        assert short.calls[0] == "sendmsg" and "sendall" in short.calls
     assert bytes(received) == HEADER.pack(len(body), 3) + body
 
 
