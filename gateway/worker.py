@@ -94,9 +94,10 @@ PEER_SERVICE = "greenroom.internal.Peer"
 # for its own), and for the call around it.
 PEER_FLUSH_TIMEOUT_S = 5.0
 PEER_CALL_TIMEOUT_S = PEER_FLUSH_TIMEOUT_S + 2.0
-# Deployment changes made by another worker (or another gateway on the same PostgreSQL)
-# are also noticed by polling a change counter this often: the safety net under Reload.
-DEPLOYMENT_POLL_S = 0.5
+# Deployment changes and registrations made by another worker (or another gateway on the
+# same PostgreSQL) are also noticed by polling two counters this often: the safety net
+# under Reload, for a worker that was too busy to answer it in time.
+CHANGE_POLL_S = 0.5
 # How often a worker looks again at a runner that is not READY (it comes back fast).
 ATTACH_RETRY_S = 0.1
 PARENT_POLL_S = 0.5
@@ -128,7 +129,11 @@ class Plan:
     control: Path | None = None
 
     def save(self, path: Path) -> None:
-        path.write_bytes(pickle.dumps(self))
+        """Replace the file whole: a worker may read it at any moment (a registration,
+        a reload), and must never find half of it."""
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(pickle.dumps(self))
+        partial.replace(path)
 
     @staticmethod
     def load(path: Path) -> Plan:
@@ -264,8 +269,11 @@ class Peers:
     that a just-restarted worker is not missed while an old channel is backing off.
     """
 
-    def __init__(self, paths: tuple[Path, ...], index: int) -> None:
+    def __init__(
+        self, paths: tuple[Path, ...], index: int, reload_timeout_s: float = PEER_CALL_TIMEOUT_S
+    ) -> None:
         self.own = paths[index]
+        self.reload_timeout_s = reload_timeout_s
         self.first = paths[0]  # worker 0: the one that runs retraining
         self.others = [path for i, path in enumerate(paths) if i != index]
         # Set on worker 0: runs a retraining another worker was asked for.
@@ -365,7 +373,8 @@ class Peers:
 
     async def reload(self) -> None:
         """Every reachable worker re-reads the deployments; returns once they have."""
-        await asyncio.gather(*(self._call(path, "Reload", {}) for path in self.others))
+        timeout = self.reload_timeout_s
+        await asyncio.gather(*(self._call(path, "Reload", {}, timeout) for path in self.others))
 
 
 def _summed(local: LedgerStats, others: Iterable[LedgerStats]) -> LedgerStats:
@@ -393,11 +402,17 @@ class WorkerControlPlane(ControlPlane):
       concurrent changes through different workers converge on the last one committed,
       and each is saved exactly once. A worker that missed the call (it was restarting)
       reads the deployments when it starts, and every worker also polls a change counter
-      every ``DEPLOYMENT_POLL_S``. Every change re-reads first and is saved only if the
+      every ``CHANGE_POLL_S``. Every change re-reads first and is saved only if the
       stored deployment is still the one this worker last saw; if another worker saved
       first, it takes that one up and applies itself to it
       (``ControlPlane.change_deployment``), so that concurrent changes through different
       workers all land.
+    - **Registrations.** A version registered through one worker is served by every
+      running worker once the registration has answered: the others are told to
+      ``Reload`` (which attaches the new runner) and are waited for, as long as one of
+      them may be busy registering a version of its own (``reload_timeout``). A worker
+      that still could not answer (stalled) attaches the version when its poll sees the
+      registration counter move.
     - **Feedback, report, decide** first ask every other worker to write the answers it
       has queued (``Sync``) and wait for them (up to ``PEER_FLUSH_TIMEOUT_S`` each, as the
       single gateway waits for its own writer): they see every answer that any worker had
@@ -538,11 +553,23 @@ def worker_server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
 # ---- the worker process ---------------------------------------------------------------------
 
 
-async def _follow_deployments(control: WorkerControlPlane, ledger: Ledger, seen: int) -> None:
+def reload_timeout(settings: GatewaySettings) -> float:
+    """How long a worker waits for another's ``Reload``. That worker takes its lock for
+    it, which it holds while it registers a version of its own (its runner's start, up
+    to ``runner_start_timeout_s``); then it attaches the new runners, each already
+    started by the supervisor. A 7 s wait was too short on a slow machine: a worker
+    busy for 8 s with its own registration missed the other's announcement, and that
+    registration answered before every worker served its version."""
+    return settings.runner_start_timeout_s + PEER_CALL_TIMEOUT_S
+
+
+async def _follow_changes(
+    control: WorkerControlPlane, ledger: Ledger, seen: tuple[int, int]
+) -> None:
     while True:
-        await asyncio.sleep(DEPLOYMENT_POLL_S)
+        await asyncio.sleep(CHANGE_POLL_S)
         try:
-            now = await asyncio.to_thread(ledger.deployment_changes)
+            now = await asyncio.to_thread(ledger.changes)
             if now != seen:
                 await control.reload()
                 seen = now
@@ -579,12 +606,12 @@ class Worker:
         router = Router(plan.models, runners)
         shadows = ShadowFanout.from_settings(settings)
         shadows.tracing = tracing = open_tracing(settings, f"worker {index}")
-        peers = Peers(plan.peers, index)
+        peers = Peers(plan.peers, index, reload_timeout(settings))
         control = WorkerControlPlane(router, ledger, shadows, peers, plan_path)
         # Reachable before the deployments are read: a change saved after the read is
         # announced to this worker, one saved before it is in the read.
         await peers.serve(control.sync_state, control.reload)
-        seen = await asyncio.to_thread(ledger.deployment_changes)
+        seen = await asyncio.to_thread(ledger.changes)
         await control.reload()  # under the lock, like a Reload that may arrive meanwhile
         for runner in runners.values():
             runner.start()
@@ -623,7 +650,7 @@ class Worker:
         if index == 0:
             promoter = AutoPromoter(control)
             promoter.start()
-        follower = asyncio.create_task(_follow_deployments(control, ledger, seen))
+        follower = asyncio.create_task(_follow_changes(control, ledger, seen))
         for service in ("", SERVICE):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("worker serving", port=settings.port, pid=os.getpid())

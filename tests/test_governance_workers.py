@@ -195,3 +195,39 @@ def test_a_new_models_first_version_registered_through_two_workers_at_once(
         served_by_each(workers, "fresh", ["1", "2"], x)
     finally:
         gateway.stop()
+
+
+STALL_S = 20.0
+
+
+def test_a_registration_waits_for_a_worker_busy_longer_than_a_peer_call(tmp_path: Path) -> None:
+    """The registration answers once every worker serves the new version, even when one
+    of them cannot take the announcement for longer than a peer call's 7 s: here it is
+    stopped for 20 s, as a worker busy registering a version of its own on a slow machine
+    holds its lock (which failed CI once: the registration answered after a 7 s wait, and
+    that worker did not serve the version). With that wait the registration answered
+    while the worker was still stopped: its runner starts in a few seconds."""
+    repo = tmp_path / "models"
+    build(repo, YAML)
+    x, y = data(400, 1)
+    artifact = tmp_path / "a.joblib"
+    joblib.dump(LogisticRegression().fit(x, y), artifact)
+    gateway = GatewayProcess(repo, tmp_path / "data", env={"GREENROOM_WORKERS": "2"})
+    try:
+        workers = one_channel_per_worker(gateway.target, x[:2], "m", "1")
+        stalled = worker_pids(gateway)[1]
+        os.kill(stalled, signal.SIGSTOP)
+        stopped = time.monotonic()
+        resume = threading.Timer(STALL_S, os.kill, (stalled, signal.SIGCONT))
+        resume.start()
+        try:
+            stub = cpb_grpc.GovernanceStub(workers["0"])
+            reply = stub.Register(_registration("m", artifact), timeout=120)
+            waited = time.monotonic() - stopped
+        finally:
+            resume.join()
+        assert reply.version == "2"
+        assert waited >= STALL_S, waited  # it waited for the stopped worker
+        served_by_each(workers, "m", ["2"], x)
+    finally:
+        gateway.stop()

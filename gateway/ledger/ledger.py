@@ -221,10 +221,11 @@ class Ledger:
         """Everything that happened to the model, oldest first."""
         return self.governance.entries(model)
 
-    def deployment_changes(self) -> int:
-        """Deployment changes saved so far, all models together: when it moves, another
-        process sharing this database changed a deployment."""
-        return self._store.deployment_changes()
+    def changes(self) -> tuple[int, int]:
+        """Deployment changes and version registrations saved so far, all models
+        together: when either moves, another process sharing this database changed a
+        deployment or registered a version."""
+        return self._store.changes()
 
 
 def _validate_feedback(

@@ -31,7 +31,7 @@ from gateway.ledger.records import (
     PackedAnswer,
     PairedRow,
 )
-from gateway.ledger.schema import answers, deployment_history, deployments, feedback
+from gateway.ledger.schema import answers, deployment_history, deployments, feedback, versions
 
 # How long a SQLite writer waits for another connection's lock before the driver raises.
 SQLITE_BUSY_TIMEOUT_S = 5.0
@@ -262,13 +262,18 @@ class Store:
             text = connection.execute(query).scalar_one_or_none()
         return None if text is None else dict(json.loads(text))
 
-    def deployment_changes(self) -> int:
-        """How many deployment changes were ever saved (of every model): a cheap counter
-        that moves with every commit. A count, not the highest id: PostgreSQL transactions
-        may commit their sequence ids out of order."""
-        query = sa.select(sa.func.count()).select_from(deployment_history)
+    def changes(self) -> tuple[int, int]:
+        """How many deployment changes and version registrations were ever saved (of
+        every model): cheap counters that move with every commit. Counts, not the highest
+        ids: PostgreSQL transactions may commit their sequence ids out of order."""
+        count = sa.func.count
+        query = sa.select(
+            sa.select(count()).select_from(deployment_history).scalar_subquery(),
+            sa.select(count()).select_from(versions).scalar_subquery(),
+        )
         with self.engine.connect() as connection:
-            return int(connection.execute(query).scalar_one())
+            deployed, registered = connection.execute(query).one()
+        return int(deployed), int(registered)
 
     def history(self, model: str) -> list[HistoryEntry]:
         h = deployment_history
