@@ -94,9 +94,9 @@ PEER_SERVICE = "greenroom.internal.Peer"
 # for its own), and for the call around it.
 PEER_FLUSH_TIMEOUT_S = 5.0
 PEER_CALL_TIMEOUT_S = PEER_FLUSH_TIMEOUT_S + 2.0
-# Deployment changes and registrations made by another worker (or another gateway on the
-# same PostgreSQL) are also noticed by polling two counters this often: the safety net
-# under Reload, for a worker that was too busy to answer it in time.
+# Deployment changes made by another worker (or another gateway on the same PostgreSQL)
+# and versions registered through another worker are also noticed by polling two counters
+# this often: the safety net under Reload, for a worker too busy to answer it in time.
 CHANGE_POLL_S = 0.5
 # How often a worker looks again at a runner that is not READY (it comes back fast).
 ATTACH_RETRY_S = 0.1
@@ -269,11 +269,8 @@ class Peers:
     that a just-restarted worker is not missed while an old channel is backing off.
     """
 
-    def __init__(
-        self, paths: tuple[Path, ...], index: int, reload_timeout_s: float = PEER_CALL_TIMEOUT_S
-    ) -> None:
+    def __init__(self, paths: tuple[Path, ...], index: int) -> None:
         self.own = paths[index]
-        self.reload_timeout_s = reload_timeout_s
         self.first = paths[0]  # worker 0: the one that runs retraining
         self.others = [path for i, path in enumerate(paths) if i != index]
         # Set on worker 0: runs a retraining another worker was asked for.
@@ -371,9 +368,9 @@ class Peers:
         outcome: dict[str, Any] = local_rpc.raise_failure(json.loads(reply))["outcome"]
         return outcome
 
-    async def reload(self) -> None:
-        """Every reachable worker re-reads the deployments; returns once they have."""
-        timeout = self.reload_timeout_s
+    async def reload(self, timeout: float = PEER_CALL_TIMEOUT_S) -> None:
+        """Every reachable worker re-reads the deployments (and attaches the versions
+        registered meanwhile); returns once they have, or after ``timeout``."""
         await asyncio.gather(*(self._call(path, "Reload", {}, timeout) for path in self.others))
 
 
@@ -407,12 +404,11 @@ class WorkerControlPlane(ControlPlane):
       first, it takes that one up and applies itself to it
       (``ControlPlane.change_deployment``), so that concurrent changes through different
       workers all land.
-    - **Registrations.** A version registered through one worker is served by every
-      running worker once the registration has answered: the others are told to
-      ``Reload`` (which attaches the new runner) and are waited for, as long as one of
-      them may be busy registering a version of its own (``reload_timeout``). A worker
-      that still could not answer (stalled) attaches the version when its poll sees the
-      registration counter move.
+    - **Registrations.** A registration answers once the other workers have attached
+      the new version: they are told to ``Reload`` and waited for up to
+      ``registration_reload_timeout``, as long as one of them may be busy registering a
+      version of its own. A worker busier than that attaches the version when its poll
+      sees the count of registered versions move, once it is free again.
     - **Feedback, report, decide** first ask every other worker to write the answers it
       has queued (``Sync``) and wait for them (up to ``PEER_FLUSH_TIMEOUT_S`` each, as the
       single gateway waits for its own writer): they see every answer that any worker had
@@ -553,13 +549,15 @@ def worker_server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
 # ---- the worker process ---------------------------------------------------------------------
 
 
-def reload_timeout(settings: GatewaySettings) -> float:
-    """How long a worker waits for another's ``Reload``. That worker takes its lock for
-    it, which it holds while it registers a version of its own (its runner's start, up
-    to ``runner_start_timeout_s``); then it attaches the new runners, each already
-    started by the supervisor. A 7 s wait was too short on a slow machine: a worker
-    busy for 8 s with its own registration missed the other's announcement, and that
-    registration answered before every worker served its version."""
+def registration_reload_timeout(settings: GatewaySettings) -> float:
+    """How long a registration waits for the other workers' ``Reload``. Each takes its
+    lock for it, which it holds while it registers a version of its own (a runner's
+    start: up to ``runner_start_timeout_s``). A peer call's 7 s was too short on a slow
+    machine: a worker busy for 8 s with its own registration missed the other's
+    announcement, and that registration answered before every worker served its
+    version. Not a bound: several registrations at once, or an in-process model each
+    worker loads itself, can hold the lock longer, and the poll covers those. Deployment
+    changes keep the peer call's wait, inside the clients' 30 s deadline."""
     return settings.runner_start_timeout_s + PEER_CALL_TIMEOUT_S
 
 
@@ -574,7 +572,7 @@ async def _follow_changes(
                 await control.reload()
                 seen = now
         except Exception as exc:  # the database may be away for a while: try again
-            log.warning("deployment poll failed", error=str(exc))
+            log.warning("change poll failed", error=str(exc))
 
 
 @dataclass
@@ -606,7 +604,7 @@ class Worker:
         router = Router(plan.models, runners)
         shadows = ShadowFanout.from_settings(settings)
         shadows.tracing = tracing = open_tracing(settings, f"worker {index}")
-        peers = Peers(plan.peers, index, reload_timeout(settings))
+        peers = Peers(plan.peers, index)
         control = WorkerControlPlane(router, ledger, shadows, peers, plan_path)
         # Reachable before the deployments are read: a change saved after the read is
         # announced to this worker, one saved before it is in the read.
@@ -630,7 +628,7 @@ class Worker:
         )  # fmt: skip
         launcher = SupervisedLauncher(plan_path, settings) if plan_path is not None else None
         governor = Governor(control, launcher, settings)
-        governor.announce = peers.reload
+        governor.announce = functools.partial(peers.reload, registration_reload_timeout(settings))
         governor.adopt = control.adopt
         retrainer = start_retrainer(governor) if index == 0 else None
         monitor = Monitor(governor, metrics) if metrics is not None and index == 0 else None

@@ -224,8 +224,9 @@ def test_a_registration_waits_for_a_worker_busy_longer_than_a_peer_call(tmp_path
             stub = cpb_grpc.GovernanceStub(workers["0"])
             reply = stub.Register(_registration("m", artifact), timeout=120)
             waited = time.monotonic() - stopped
-        finally:
-            resume.join()
+        finally:  # at once if the registration failed early
+            resume.cancel()
+            os.kill(stalled, signal.SIGCONT)
         assert reply.version == "2"
         assert waited >= STALL_S, waited  # it waited for the stopped worker
         served_by_each(workers, "m", ["2"], x)
